@@ -1,0 +1,310 @@
+//! Client side of the Greengrass Lite core bus over Unix stream sockets.
+//!
+//! One connection per request, as the daemons expect: a call writes one
+//! request frame and reads one response frame; a subscription reads an
+//! `accepted` frame and then one frame per event until either side closes.
+
+use fleet_provisioning_core::corebus::{self, CoreBusError, GgError, Response};
+use fleet_provisioning_core::eventstream::{self, MAX_FRAME_LEN, PRELUDE_LEN};
+use fleet_provisioning_core::object::Object;
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Time allowed for one call's response. The daemons answer local calls in
+/// microseconds; this only bounds a daemon that hangs.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A failure of a core-bus exchange.
+#[derive(Debug)]
+pub enum CoreBusClientError {
+    /// The socket could not be opened.
+    Connect {
+        /// Socket path.
+        path: PathBuf,
+        /// The system error.
+        source: io::Error,
+    },
+    /// Reading or writing the socket failed, or it timed out.
+    Io {
+        /// Socket path.
+        path: PathBuf,
+        /// The system error.
+        source: io::Error,
+    },
+    /// The peer closed the connection before a whole frame arrived.
+    Closed {
+        /// Socket path.
+        path: PathBuf,
+    },
+    /// The bytes received were not a valid core-bus frame.
+    Protocol {
+        /// Socket path.
+        path: PathBuf,
+        /// What was wrong.
+        error: CoreBusError,
+    },
+    /// The server answered with a `GgError` code.
+    Remote {
+        /// Socket path.
+        path: PathBuf,
+        /// The raw error code.
+        code: i32,
+    },
+    /// The server answered a call with a subscription's `accepted` frame.
+    UnexpectedAccepted {
+        /// Socket path.
+        path: PathBuf,
+    },
+    /// The server answered a subscription with something other than
+    /// `accepted`.
+    NotAccepted {
+        /// Socket path.
+        path: PathBuf,
+    },
+}
+
+impl CoreBusClientError {
+    /// Returns the `GgError` the server sent, if it sent one.
+    pub fn remote_error(&self) -> Option<GgError> {
+        match self {
+            CoreBusClientError::Remote { code, .. } => GgError::from_code(*code),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for CoreBusClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CoreBusClientError::Connect { path, source } => write!(
+                f,
+                "cannot connect to core-bus socket {}: {source}; is the daemon running?",
+                path.display()
+            ),
+            CoreBusClientError::Io { path, source } => {
+                write!(f, "core-bus socket {}: {source}", path.display())
+            }
+            CoreBusClientError::Closed { path } => write!(
+                f,
+                "core-bus socket {} closed before a whole frame arrived",
+                path.display()
+            ),
+            CoreBusClientError::Protocol { path, error } => write!(
+                f,
+                "invalid frame from core-bus socket {}: {error}",
+                path.display()
+            ),
+            CoreBusClientError::Remote { path, code } => {
+                let name = GgError::from_code(*code).map_or("unknown", GgError::name);
+                write!(
+                    f,
+                    "core-bus server at {} returned error {code} ({name})",
+                    path.display()
+                )
+            }
+            CoreBusClientError::UnexpectedAccepted { path } => write!(
+                f,
+                "core-bus server at {} answered a call with a subscription acceptance",
+                path.display()
+            ),
+            CoreBusClientError::NotAccepted { path } => write!(
+                f,
+                "core-bus server at {} did not accept the subscription",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for CoreBusClientError {}
+
+/// One whole frame read from a socket.
+pub struct FrameBuf {
+    bytes: Vec<u8>,
+}
+
+impl FrameBuf {
+    /// Decodes the frame as a core-bus response.
+    pub fn response(&self) -> Result<Response<'_>, CoreBusError> {
+        let frame = eventstream::decode_frame(&self.bytes)?;
+        corebus::parse_response(&frame)
+    }
+}
+
+/// Reads one frame: the 12-byte prelude, then the rest. Returns `None` on a
+/// clean end of stream before the first byte.
+pub fn read_frame(
+    stream: &mut UnixStream,
+    path: &Path,
+) -> Result<Option<FrameBuf>, CoreBusClientError> {
+    let mut prelude = [0u8; PRELUDE_LEN];
+    let mut filled = 0;
+    while filled < PRELUDE_LEN {
+        match stream.read(&mut prelude[filled..]) {
+            Ok(0) if filled == 0 => return Ok(None),
+            Ok(0) => {
+                return Err(CoreBusClientError::Closed {
+                    path: path.to_owned(),
+                })
+            }
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(CoreBusClientError::Io {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        }
+    }
+    let total = eventstream::frame_len(&prelude).map_err(|error| CoreBusClientError::Protocol {
+        path: path.to_owned(),
+        error: error.into(),
+    })?;
+    let mut bytes = vec![0u8; total.min(MAX_FRAME_LEN)];
+    bytes[..PRELUDE_LEN].copy_from_slice(&prelude);
+    stream
+        .read_exact(&mut bytes[PRELUDE_LEN..])
+        .map_err(|source| {
+            if source.kind() == io::ErrorKind::UnexpectedEof {
+                CoreBusClientError::Closed {
+                    path: path.to_owned(),
+                }
+            } else {
+                CoreBusClientError::Io {
+                    path: path.to_owned(),
+                    source,
+                }
+            }
+        })?;
+    Ok(Some(FrameBuf { bytes }))
+}
+
+/// Builds request frames into a reusable buffer and opens connections.
+#[derive(Debug, Clone)]
+pub struct CoreBus {
+    socket_dir: PathBuf,
+}
+
+impl CoreBus {
+    /// A client for the sockets in `socket_dir` (normally `/run/greengrass`).
+    pub fn new(socket_dir: impl Into<PathBuf>) -> Self {
+        CoreBus {
+            socket_dir: socket_dir.into(),
+        }
+    }
+
+    /// Returns the socket folder.
+    pub fn socket_dir(&self) -> &Path {
+        &self.socket_dir
+    }
+
+    /// Returns the socket path of `interface`.
+    pub fn socket_path(&self, interface: &str) -> PathBuf {
+        self.socket_dir.join(interface)
+    }
+
+    fn connect(&self, interface: &str) -> Result<(UnixStream, PathBuf), CoreBusClientError> {
+        let path = self.socket_path(interface);
+        let stream = UnixStream::connect(&path).map_err(|source| CoreBusClientError::Connect {
+            path: path.clone(),
+            source,
+        })?;
+        Ok((stream, path))
+    }
+
+    /// Sends a call and returns the response frame; a server error becomes
+    /// [`CoreBusClientError::Remote`].
+    pub fn call(
+        &self,
+        interface: &str,
+        encode: impl FnOnce(&mut [u8]) -> Result<usize, CoreBusError>,
+    ) -> Result<FrameBuf, CoreBusClientError> {
+        let (mut stream, path) = self.connect(interface)?;
+        let io_error = |source| CoreBusClientError::Io {
+            path: path.clone(),
+            source,
+        };
+        stream
+            .set_read_timeout(Some(CALL_TIMEOUT))
+            .map_err(io_error)?;
+        stream
+            .set_write_timeout(Some(CALL_TIMEOUT))
+            .map_err(io_error)?;
+        send_request(&mut stream, &path, encode)?;
+        let frame = read_frame(&mut stream, &path)?
+            .ok_or_else(|| CoreBusClientError::Closed { path: path.clone() })?;
+        match frame.response() {
+            Ok(Response::Error(code)) => Err(CoreBusClientError::Remote { path, code }),
+            Ok(Response::Accepted) => Err(CoreBusClientError::UnexpectedAccepted { path }),
+            Ok(Response::Value(_)) => Ok(frame),
+            Err(error) => Err(CoreBusClientError::Protocol { path, error }),
+        }
+    }
+
+    /// Opens a subscription and waits for its `accepted` frame (bounded by
+    /// [`CALL_TIMEOUT`]). Events are then read with [`read_frame`] on the
+    /// returned stream.
+    pub fn subscribe(
+        &self,
+        interface: &str,
+        encode: impl FnOnce(&mut [u8]) -> Result<usize, CoreBusError>,
+    ) -> Result<(UnixStream, PathBuf), CoreBusClientError> {
+        let (mut stream, path) = self.connect(interface)?;
+        let io_error = |source| CoreBusClientError::Io {
+            path: path.clone(),
+            source,
+        };
+        stream
+            .set_read_timeout(Some(CALL_TIMEOUT))
+            .map_err(io_error)?;
+        stream
+            .set_write_timeout(Some(CALL_TIMEOUT))
+            .map_err(io_error)?;
+        send_request(&mut stream, &path, encode)?;
+        let frame = read_frame(&mut stream, &path)?
+            .ok_or_else(|| CoreBusClientError::Closed { path: path.clone() })?;
+        match frame.response() {
+            Ok(Response::Accepted) => {}
+            Ok(Response::Error(code)) => return Err(CoreBusClientError::Remote { path, code }),
+            Ok(Response::Value(_)) => return Err(CoreBusClientError::NotAccepted { path }),
+            Err(error) => return Err(CoreBusClientError::Protocol { path, error }),
+        }
+        stream
+            .set_read_timeout(None)
+            .map_err(|source| CoreBusClientError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        Ok((stream, path))
+    }
+}
+
+fn send_request(
+    stream: &mut UnixStream,
+    path: &Path,
+    encode: impl FnOnce(&mut [u8]) -> Result<usize, CoreBusError>,
+) -> Result<(), CoreBusClientError> {
+    let mut buf = vec![0u8; MAX_FRAME_LEN];
+    let len = encode(&mut buf).map_err(|error| CoreBusClientError::Protocol {
+        path: path.to_owned(),
+        error,
+    })?;
+    stream
+        .write_all(&buf[..len])
+        .map_err(|source| CoreBusClientError::Io {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Returns the value of a successful call response.
+pub fn response_value(frame: &FrameBuf) -> Option<Object<'_>> {
+    match frame.response() {
+        Ok(Response::Value(value)) => Some(value),
+        _ => None,
+    }
+}

@@ -1,0 +1,505 @@
+//! Command-line flags, the `aws.greengrass.fleet_provisioning` configuration
+//! read from `gg_config`, and their validation.
+//!
+//! Everything here runs before the first side effect: a missing, empty or
+//! mistyped value is reported here, before iotcored starts or a file is
+//! written.
+
+use crate::corebus_client::{response_value, CoreBus, CoreBusClientError};
+use crate::output::{resolve_owner, Owner};
+use clap::Parser;
+use fleet_provisioning_core::corebus::{self, GgError};
+use fleet_provisioning_core::fleet::{self, TemplateParameters};
+use fleet_provisioning_core::machine::Timeouts;
+use fleet_provisioning_core::object::Object;
+use std::fmt;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// Interface name of the Greengrass Lite configuration daemon.
+pub const CONFIG_INTERFACE: &str = "gg_config";
+/// Key path of this component's configuration.
+pub const COMPONENT_CONFIG: [&str; 3] = [
+    "services",
+    "aws.greengrass.fleet_provisioning",
+    "configuration",
+];
+/// Key path of the nucleus configuration that receives the endpoints.
+pub const NUCLEUS_CONFIG: [&str; 3] = ["services", "aws.greengrass.NucleusLite", "configuration"];
+/// Default output folder, as in Greengrass Lite.
+pub const DEFAULT_OUTPUT_DIR: &str = "/var/lib/greengrass/credentials";
+/// Default CSR subject common name, as in Greengrass Lite.
+pub const DEFAULT_CSR_COMMON_NAME: &str = "aws-greengrass-nucleus-lite";
+
+/// Command line. The first seven flags are those of Greengrass Lite's C
+/// `fleet-provisioning`; each accepts `-k PATH`, `-kPATH`, `--claim-key PATH`
+/// and `--claim-key=PATH`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "fleet-provisioning",
+    version,
+    about = "Provision this AWS IoT Greengrass Lite device from its claim certificate",
+    args_override_self = true
+)]
+pub struct Cli {
+    /// Claim certificate (PEM); overrides claimCertPath
+    #[arg(short = 'c', long = "claim-cert", value_name = "PATH")]
+    pub claim_cert: Option<PathBuf>,
+    /// Claim certificate private key (PEM); overrides claimKeyPath
+    #[arg(short = 'k', long = "claim-key", value_name = "PATH")]
+    pub claim_key: Option<PathBuf>,
+    /// Fleet provisioning template name; overrides templateName
+    #[arg(short = 't', long = "template-name", value_name = "NAME")]
+    pub template_name: Option<String>,
+    /// Template parameters as a JSON object; overrides templateParams
+    #[arg(short = 'p', long = "template-params", value_name = "JSON")]
+    pub template_params: Option<String>,
+    /// AWS IoT Core data endpoint host name; overrides iotDataEndpoint
+    #[arg(short = 'e', long = "endpoint", value_name = "HOST")]
+    pub endpoint: Option<String>,
+    /// Root CA of the endpoint's certificate (PEM); overrides rootCaPath
+    #[arg(short = 'r', long = "root-ca-path", value_name = "PATH")]
+    pub root_ca_path: Option<PathBuf>,
+    /// Folder for the key, certificate and root CA
+    #[arg(short = 'o', long = "output-dir", value_name = "PATH")]
+    pub output_dir: Option<PathBuf>,
+    /// iotcored executable [default: iotcored beside this executable]
+    #[arg(long = "iotcored-path", value_name = "PATH")]
+    pub iotcored_path: Option<PathBuf>,
+    /// Folder of the Greengrass core-bus sockets
+    #[arg(
+        long = "socket-dir",
+        value_name = "PATH",
+        default_value = "/run/greengrass"
+    )]
+    pub socket_dir: PathBuf,
+    /// Owner given to the written files, as USER:GROUP
+    #[arg(
+        long = "owner",
+        value_name = "USER:GROUP",
+        default_value = "ggcore:ggcore"
+    )]
+    pub owner: String,
+    /// Time to wait for the MQTT connection, in seconds
+    #[arg(long = "connect-timeout", value_name = "SECONDS", default_value_t = 30)]
+    pub connect_timeout: u64,
+    /// Time to wait for each AWS IoT reply, in seconds
+    #[arg(
+        long = "response-timeout",
+        value_name = "SECONDS",
+        default_value_t = 30
+    )]
+    pub response_timeout: u64,
+    /// Log more (-v debug, -vv trace)
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// Everything one provisioning run needs, validated.
+#[derive(Debug)]
+pub struct Settings {
+    /// Claim certificate path.
+    pub claim_cert: PathBuf,
+    /// Claim key path.
+    pub claim_key: PathBuf,
+    /// Root CA path, as configured.
+    pub root_ca: PathBuf,
+    /// IoT Core data endpoint.
+    pub endpoint: String,
+    /// IoT credentials endpoint, copied to the nucleus configuration.
+    pub cred_endpoint: String,
+    /// Provisioning template name.
+    pub template_name: String,
+    /// Template parameters, all as strings.
+    pub parameters: TemplateParameters,
+    /// CSR subject common name.
+    pub csr_common_name: String,
+    /// Output folder.
+    pub output_dir: PathBuf,
+    /// Where the private key goes.
+    pub key_path: PathBuf,
+    /// Where the certificate goes.
+    pub cert_path: PathBuf,
+    /// Where the CSR goes while the run lasts.
+    pub csr_path: PathBuf,
+    /// Where the root CA is copied.
+    pub root_ca_copy: PathBuf,
+    /// Owner of the written files.
+    pub owner: Owner,
+    /// iotcored executable.
+    pub iotcored_path: PathBuf,
+    /// Timeouts of the run.
+    pub timeouts: Timeouts,
+}
+
+/// What the configuration asks for.
+#[derive(Debug)]
+pub enum Plan {
+    /// `claimCertPath` is absent or empty and no `--claim-cert` was given.
+    NotConfigured,
+    /// `system/certificateFilePath` is set.
+    AlreadyProvisioned {
+        /// Its value.
+        certificate_path: String,
+    },
+    /// Provision with these settings.
+    Provision(Box<Settings>),
+}
+
+/// Why the settings could not be loaded.
+#[derive(Debug)]
+pub enum SettingsError {
+    /// A value is missing, empty, of the wrong type or invalid.
+    Invalid {
+        /// The configuration key or flag.
+        key: String,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+    /// The configuration daemon could not be asked.
+    ConfigDaemon {
+        /// The key being read.
+        key: String,
+        /// The core-bus failure.
+        source: CoreBusClientError,
+    },
+}
+
+impl fmt::Display for SettingsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SettingsError::Invalid { key, reason } => write!(f, "configuration {key}: {reason}"),
+            SettingsError::ConfigDaemon { key, source } => {
+                write!(f, "reading configuration {key} failed: {source}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for SettingsError {}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> SettingsError {
+    SettingsError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Reads configuration values through `gg_config`.
+struct ConfigReader<'a> {
+    bus: &'a CoreBus,
+}
+
+/// A configuration value copied out of its response frame.
+enum ConfigValue {
+    Absent,
+    Text(String),
+    Parameters(Box<TemplateParameters>),
+}
+
+impl ConfigReader<'_> {
+    fn component_key(name: &str) -> String {
+        format!("{}/{}", COMPONENT_CONFIG.join("/"), name)
+    }
+
+    /// Reads `key_path`; NOENTRY is `Ok(None)`.
+    fn read<T>(
+        &self,
+        key_path: &[&str],
+        convert: impl FnOnce(Object<'_>) -> Result<T, SettingsError>,
+    ) -> Result<Option<T>, SettingsError> {
+        let key = key_path.join("/");
+        log::debug!("reading configuration {key}");
+        let result = self.bus.call(CONFIG_INTERFACE, |out| {
+            corebus::encode_config_read(key_path, out)
+        });
+        match result {
+            Ok(frame) => match response_value(&frame) {
+                Some(value) => convert(value).map(Some),
+                None => Err(invalid(key, "the configuration daemon returned no value")),
+            },
+            Err(error) if error.remote_error() == Some(GgError::Noentry) => Ok(None),
+            Err(source) => Err(SettingsError::ConfigDaemon { key, source }),
+        }
+    }
+
+    /// Reads a string value; absent and empty both give `None`.
+    fn read_text(&self, key_path: &[&str]) -> Result<Option<String>, SettingsError> {
+        let key = key_path.join("/");
+        let value = self.read(key_path, |value| text_value(&key, value))?;
+        Ok(value.filter(|text| !text.is_empty()))
+    }
+
+    fn component_text(&self, name: &str) -> Result<Option<String>, SettingsError> {
+        let mut key_path = COMPONENT_CONFIG.to_vec();
+        key_path.push(name);
+        self.read_text(&key_path)
+    }
+
+    fn required_text(&self, name: &str) -> Result<String, SettingsError> {
+        self.component_text(name)?.ok_or_else(|| {
+            invalid(
+                Self::component_key(name),
+                "is missing or empty; set it in the Greengrass configuration or pass its flag",
+            )
+        })
+    }
+
+    fn template_parameters(&self) -> Result<ConfigValue, SettingsError> {
+        let mut key_path = COMPONENT_CONFIG.to_vec();
+        key_path.push("templateParams");
+        let key = Self::component_key("templateParams");
+        let value = self.read(&key_path, |value| match value {
+            Object::Map(_) => {
+                parameters_from_map(&key, value).map(|p| ConfigValue::Parameters(Box::new(p)))
+            }
+            other => text_value(&key, other).map(ConfigValue::Text),
+        })?;
+        Ok(value.unwrap_or(ConfigValue::Absent))
+    }
+}
+
+fn text_value(key: &str, value: Object<'_>) -> Result<String, SettingsError> {
+    match value {
+        Object::Buf(bytes) => {
+            String::from_utf8(bytes.to_vec()).map_err(|_| invalid(key, "is not valid UTF-8 text"))
+        }
+        other => Err(invalid(
+            key,
+            format!("must be a string, but it is a {}", other.type_name()),
+        )),
+    }
+}
+
+/// Converts a `templateParams` map: strings as they are, numbers and
+/// booleans as their text, because AWS takes every parameter as a string.
+fn parameters_from_map(key: &str, value: Object<'_>) -> Result<TemplateParameters, SettingsError> {
+    let Some(map) = value.as_map() else {
+        return Err(invalid(key, "must be a map"));
+    };
+    let mut parameters = TemplateParameters::new();
+    for (name_bytes, value) in map.iter() {
+        let name = std::str::from_utf8(name_bytes)
+            .map_err(|_| invalid(key, "has a parameter name that is not UTF-8"))?;
+        let text = match value {
+            Object::Buf(bytes) => std::str::from_utf8(bytes)
+                .map_err(|_| invalid(format!("{key}/{name}"), "is not valid UTF-8 text"))?
+                .to_owned(),
+            Object::I64(number) => number.to_string(),
+            Object::F64(number) if number.is_finite() => number.to_string(),
+            Object::Bool(flag) => flag.to_string(),
+            other => {
+                return Err(invalid(
+                    format!("{key}/{name}"),
+                    format!(
+                        "is a {}; template parameters must be strings, numbers or booleans",
+                        other.type_name()
+                    ),
+                ))
+            }
+        };
+        parameters
+            .push(name, &text)
+            .map_err(|error| invalid(format!("{key}/{name}"), error.to_string()))?;
+    }
+    Ok(parameters)
+}
+
+fn check_readable_file(key: &str, path: &Path) -> Result<(), SettingsError> {
+    if path.as_os_str().to_string_lossy().starts_with("handle:") {
+        return Err(invalid(
+            key,
+            format!(
+                "{} is a TPM handle; this build reads keys from PEM files only",
+                path.display()
+            ),
+        ));
+    }
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => File::open(path)
+            .map(drop)
+            .map_err(|error| invalid(key, format!("cannot open {}: {error}", path.display()))),
+        Ok(_) => Err(invalid(
+            key,
+            format!("{} is not a regular file", path.display()),
+        )),
+        Err(error) => Err(invalid(
+            key,
+            format!("cannot read {}: {error}", path.display()),
+        )),
+    }
+}
+
+/// Returns the iotcored beside this executable, as Greengrass Lite does.
+fn default_iotcored_path() -> Result<PathBuf, SettingsError> {
+    let exe = std::env::current_exe().map_err(|error| {
+        invalid(
+            "--iotcored-path",
+            format!("cannot locate this executable ({error}); pass --iotcored-path"),
+        )
+    })?;
+    let dir = exe.parent().unwrap_or(Path::new("/"));
+    Ok(dir.join("iotcored"))
+}
+
+fn check_executable(key: &str, path: &Path) -> Result<(), SettingsError> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() && meta.permissions().mode() & 0o111 != 0 => Ok(()),
+        Ok(_) => Err(invalid(
+            key,
+            format!("{} is not an executable file", path.display()),
+        )),
+        Err(error) => Err(invalid(
+            key,
+            format!(
+                "cannot use iotcored at {}: {error}; pass --iotcored-path",
+                path.display()
+            ),
+        )),
+    }
+}
+
+fn check_host_name(key: &str, host: &str) -> Result<(), SettingsError> {
+    let valid = host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b':');
+    if valid {
+        Ok(())
+    } else {
+        Err(invalid(key, format!("{host:?} is not a valid host name")))
+    }
+}
+
+/// Reads and checks everything a run needs. The order of the reads follows
+/// Greengrass Lite's C tool: `claimCertPath`, then `system/certificateFilePath`.
+pub fn load(cli: &Cli, bus: &CoreBus) -> Result<Plan, SettingsError> {
+    let reader = ConfigReader { bus };
+
+    let configured_claim_cert = reader.component_text("claimCertPath")?;
+    if cli.claim_cert.is_none() && configured_claim_cert.is_none() {
+        return Ok(Plan::NotConfigured);
+    }
+    if let Some(certificate_path) = reader.read_text(&["system", "certificateFilePath"])? {
+        return Ok(Plan::AlreadyProvisioned { certificate_path });
+    }
+
+    let claim_cert = match &cli.claim_cert {
+        Some(path) => path.clone(),
+        None => configured_claim_cert.map(PathBuf::from).unwrap_or_default(),
+    };
+    let claim_key = match &cli.claim_key {
+        Some(path) => path.clone(),
+        None => PathBuf::from(reader.required_text("claimKeyPath")?),
+    };
+    let root_ca = match &cli.root_ca_path {
+        Some(path) => path.clone(),
+        None => PathBuf::from(reader.required_text("rootCaPath")?),
+    };
+    let template_name = match &cli.template_name {
+        Some(name) => name.clone(),
+        None => reader.required_text("templateName")?,
+    };
+    let endpoint = match &cli.endpoint {
+        Some(host) => host.clone(),
+        None => reader.required_text("iotDataEndpoint")?,
+    };
+    let csr_common_name = reader
+        .component_text("csrCommonName")?
+        .unwrap_or_else(|| DEFAULT_CSR_COMMON_NAME.to_owned());
+    let csr_path = reader.component_text("csrPath")?;
+    let cert_path = reader.component_text("certPath")?;
+    let key_path = reader.component_text("keyPath")?;
+
+    let parameters = match &cli.template_params {
+        Some(json) => fleet::parse_template_parameters_json(json)
+            .map_err(|error| invalid("--template-params", error.to_string()))?,
+        None => match reader.template_parameters()? {
+            ConfigValue::Parameters(parameters) => *parameters,
+            ConfigValue::Text(json) => {
+                fleet::parse_template_parameters_json(&json).map_err(|error| {
+                    invalid(
+                        ConfigReader::component_key("templateParams"),
+                        error.to_string(),
+                    )
+                })?
+            }
+            ConfigValue::Absent => {
+                log::info!("templateParams is not set; sending RegisterThing with no parameters");
+                TemplateParameters::new()
+            }
+        },
+    };
+    let cred_endpoint = reader.required_text("iotCredEndpoint")?;
+
+    // Checks that need no daemon, all before any side effect.
+    for (key, value) in [
+        ("--claim-cert / claimCertPath", &claim_cert),
+        ("--claim-key / claimKeyPath", &claim_key),
+        ("--root-ca-path / rootCaPath", &root_ca),
+    ] {
+        if value.as_os_str().is_empty() {
+            return Err(invalid(key, "is empty"));
+        }
+        check_readable_file(key, value)?;
+    }
+    fleet::register_thing_topic(&template_name)
+        .map_err(|error| invalid("--template-name / templateName", error.to_string()))?;
+    check_host_name("--endpoint / iotDataEndpoint", &endpoint)?;
+    check_host_name("iotCredEndpoint", &cred_endpoint)?;
+    if csr_common_name.is_empty() || csr_common_name.len() > 64 {
+        return Err(invalid(
+            ConfigReader::component_key("csrCommonName"),
+            "must be 1 to 64 bytes long (the X.509 limit for a common name)",
+        ));
+    }
+
+    let output_dir = cli
+        .output_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_OUTPUT_DIR));
+    if output_dir.as_os_str().is_empty() {
+        return Err(invalid("--output-dir", "is empty"));
+    }
+    if output_dir.exists() && !output_dir.is_dir() {
+        return Err(invalid(
+            "--output-dir",
+            format!("{} exists and is not a folder", output_dir.display()),
+        ));
+    }
+    let owner = resolve_owner(&cli.owner).map_err(|error| invalid("--owner", error.to_string()))?;
+    let iotcored_path = match &cli.iotcored_path {
+        Some(path) => path.clone(),
+        None => default_iotcored_path()?,
+    };
+    check_executable("--iotcored-path", &iotcored_path)?;
+    if cli.connect_timeout == 0 || cli.response_timeout == 0 {
+        return Err(invalid(
+            "--connect-timeout / --response-timeout",
+            "must be at least 1 second",
+        ));
+    }
+
+    Ok(Plan::Provision(Box::new(Settings {
+        key_path: key_path.map_or_else(|| output_dir.join("priv_key"), PathBuf::from),
+        cert_path: cert_path.map_or_else(|| output_dir.join("certificate.pem"), PathBuf::from),
+        csr_path: csr_path.map_or_else(|| output_dir.join("cert_req.pem"), PathBuf::from),
+        root_ca_copy: output_dir.join("AmazonRootCA.pem"),
+        output_dir,
+        claim_cert,
+        claim_key,
+        root_ca,
+        endpoint,
+        cred_endpoint,
+        template_name,
+        parameters,
+        csr_common_name,
+        owner,
+        iotcored_path,
+        timeouts: Timeouts {
+            connect_ms: cli.connect_timeout.saturating_mul(1000),
+            response_ms: cli.response_timeout.saturating_mul(1000),
+        },
+    })))
+}
