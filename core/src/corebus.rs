@@ -14,7 +14,8 @@ use crate::eventstream::{self, FrameError, Header, HeaderValue};
 use crate::object::{self, Map, Object, ObjectError, Writer};
 
 /// Maximum length of a core-bus interface name (the socket file name under
-/// `/run/greengrass/`), in bytes.
+/// `/run/greengrass/`), in bytes: `GGL_INTERFACE_NAME_MAX_LEN` of Greengrass
+/// Lite, whose clients and servers reject longer names.
 pub const MAX_INTERFACE_NAME_LEN: usize = 50;
 
 const HEADER_METHOD: &str = "method";

@@ -47,11 +47,20 @@ pub const MAX_ERROR_MESSAGE_LEN: usize = 512;
 /// Maximum topic length. The longest topic used is
 /// `$aws/provisioning-templates/<36 chars>/provision/json/accepted`, 99 bytes.
 pub const MAX_TOPIC_LEN: usize = 128;
-/// Maximum number of template parameters.
+/// Maximum number of template parameters. Each one takes a fixed slot of
+/// [`MAX_PARAMETER_KEY_LEN`] + [`MAX_PARAMETER_VALUE_LEN`] bytes in
+/// [`TemplateParameters`], so this count sets most of the state machine's
+/// size.
+// NOTE: a budget, not an AWS limit. Fleet provisioning templates typically
+// take one to a few parameters such as `SerialNumber`.
 pub const MAX_PARAMETERS: usize = 32;
-/// Maximum template parameter key length in bytes.
+/// Maximum template parameter key length in bytes. Parameter names are
+/// identifiers chosen by the template author, so this budget stays far
+/// below the 2,048 characters the RegisterThing control-plane API accepts.
 pub const MAX_PARAMETER_KEY_LEN: usize = 128;
-/// Maximum template parameter value length in bytes.
+/// Maximum template parameter value length in bytes, a budget below the
+/// 4,096 characters the RegisterThing control-plane API accepts. Values are
+/// device facts such as serial numbers and MAC addresses.
 pub const MAX_PARAMETER_VALUE_LEN: usize = 512;
 /// Maximum length of the encoded `parameters` object, braces included.
 ///

@@ -8,8 +8,11 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod checkpoint;
 pub mod corebus;
 pub mod eventstream;
 pub mod fleet;
 pub mod machine;
 pub mod object;
+pub mod retry;
+pub mod transport;

@@ -71,7 +71,7 @@ pub enum Failure {
         /// How long the machine waited, in milliseconds.
         waited_ms: u64,
     },
-    /// AWS IoT answered on the `rejected` topic.
+    /// AWS IoT replied on the `rejected` topic.
     Rejected {
         /// The request that was rejected.
         step: Step,
@@ -93,9 +93,35 @@ pub enum Failure {
         /// What did not fit.
         error: FleetError,
     },
+    /// The MQTT connection dropped while a request was in flight and did
+    /// not come back in time.
+    ConnectionLost {
+        /// The request in flight.
+        step: Step,
+        /// How long the machine waited for the connection, in milliseconds.
+        waited_ms: u64,
+    },
     /// The host fed an event the protocol cannot continue from, such as a
     /// CSR longer than the buffer.
     InvalidInput(FleetError),
+}
+
+impl Failure {
+    /// Returns whether a later attempt may succeed: timeouts, a lost
+    /// connection, and rejections AWS marks as temporary (throttling, 5xx).
+    /// A rejected template, invalid parameters or an invalid reply fail the
+    /// same way again.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Failure::ConnectTimeout { .. }
+            | Failure::ResponseTimeout { .. }
+            | Failure::ConnectionLost { .. } => true,
+            Failure::Rejected { rejection, .. } => rejection.is_retryable(),
+            Failure::InvalidReply { .. }
+            | Failure::InvalidRequest { .. }
+            | Failure::InvalidInput(_) => false,
+        }
+    }
 }
 
 impl fmt::Display for Failure {
@@ -125,6 +151,10 @@ impl fmt::Display for Failure {
             Failure::InvalidRequest { step, error } => {
                 write!(f, "the {step} request could not be built: {error}")
             }
+            Failure::ConnectionLost { step, waited_ms } => write!(
+                f,
+                "the MQTT connection dropped during {step} and was not back within {waited_ms} ms"
+            ),
             Failure::InvalidInput(error) => write!(f, "invalid input: {error}"),
         }
     }
@@ -156,6 +186,8 @@ pub enum Event<'a> {
         /// Its payload.
         payload: &'a [u8],
     },
+    /// The certificate of [`Action::RecordCertificate`] is recorded.
+    CertificateRecorded,
     /// The credentials of [`Action::StoreCredentials`] are stored.
     CredentialsStored,
 }
@@ -186,6 +218,13 @@ pub enum Action<'m> {
     Wait {
         /// Monotonic time at which to feed [`Event::Tick`], in milliseconds.
         deadline_ms: u64,
+    },
+    /// Record the issued certificate durably (it cannot be asked for
+    /// again without issuing a second one), then feed
+    /// [`Event::CertificateRecorded`].
+    RecordCertificate {
+        /// The issued certificate.
+        certificate: &'m CertificateIssued,
     },
     /// Write the certificate and record the thing, then feed
     /// [`Event::CredentialsStored`].
@@ -233,9 +272,11 @@ enum State {
     SubscribingCreate,
     PublishingCreate,
     AwaitingCreateReply,
+    RecordingCertificate,
     SubscribingRegister,
     PublishingRegister,
     AwaitingRegisterReply,
+    Reconnecting(Step),
     Storing,
     Done,
     Failed,
@@ -286,10 +327,28 @@ impl Provisioner {
         })
     }
 
+    /// Resumes a run whose certificate was already issued: the machine
+    /// skips key generation and CreateCertificateFromCsr and registers the
+    /// thing with `certificate`'s ownership token.
+    pub fn with_issued_certificate(mut self, certificate: CertificateIssued) -> Self {
+        self.certificate = Some(certificate);
+        self
+    }
+
     /// Returns the issued certificate once CreateCertificateFromCsr was
     /// accepted.
     pub fn certificate(&self) -> Option<&CertificateIssued> {
         self.certificate.as_ref()
+    }
+
+    /// Returns the registered thing once RegisterThing was accepted.
+    pub fn thing(&self) -> Option<&ThingRegistered> {
+        self.thing.as_ref()
+    }
+
+    /// Returns why the run failed, once it has.
+    pub fn failure(&self) -> Option<&Failure> {
+        self.failure.as_ref()
     }
 
     /// Returns true once the run ended, with success or failure.
@@ -311,7 +370,13 @@ impl Provisioner {
         match (self.state, event) {
             (State::Idle, Event::Start) => {
                 self.started_ms = now_ms;
-                self.state = State::GeneratingKey;
+                if self.certificate.is_some() {
+                    self.deadline_ms = now_ms.saturating_add(self.timeouts.connect_ms);
+                    self.state = State::WaitingForConnection;
+                    self.check_connection(now_ms);
+                } else {
+                    self.state = State::GeneratingKey;
+                }
             }
             (State::GeneratingKey, Event::KeyAndCsrReady { csr_pem }) => {
                 self.csr_pem.clear();
@@ -368,6 +433,35 @@ impl Provisioner {
                     waited_ms: self.timeouts.response_ms,
                 })
             }
+            (State::RecordingCertificate, Event::CertificateRecorded) => {
+                self.state = State::SubscribingRegister
+            }
+            (State::AwaitingCreateReply, Event::Connection(false)) => {
+                self.lose_connection(now_ms, Step::CreateCertificate)
+            }
+            (State::AwaitingRegisterReply, Event::Connection(false)) => {
+                self.lose_connection(now_ms, Step::RegisterThing)
+            }
+            // The reply to the request in flight may have been lost with the
+            // connection, so the same request goes out again.
+            (State::Reconnecting(step), Event::Connection(true)) => {
+                self.state = match step {
+                    Step::CreateCertificate => State::PublishingCreate,
+                    Step::RegisterThing => State::PublishingRegister,
+                }
+            }
+            (State::Reconnecting(Step::CreateCertificate), Event::Message { topic, payload }) => {
+                self.on_create_reply(topic, payload)
+            }
+            (State::Reconnecting(Step::RegisterThing), Event::Message { topic, payload }) => {
+                self.on_register_reply(topic, payload)
+            }
+            (State::Reconnecting(step), Event::Tick) if now_ms >= self.deadline_ms => {
+                self.fail(Failure::ConnectionLost {
+                    step,
+                    waited_ms: self.timeouts.connect_ms,
+                })
+            }
             (State::Storing, Event::CredentialsStored) => self.state = State::Done,
             // Anything else (a message on an unrelated topic, a connection
             // change while a request is in flight, an early tick) leaves the
@@ -378,12 +472,21 @@ impl Provisioner {
 
     fn check_connection(&mut self, now_ms: u64) {
         if self.connected {
-            self.state = State::SubscribingCreate;
+            self.state = if self.certificate.is_some() {
+                State::SubscribingRegister
+            } else {
+                State::SubscribingCreate
+            };
         } else if now_ms >= self.deadline_ms {
             self.fail(Failure::ConnectTimeout {
                 waited_ms: self.timeouts.connect_ms,
             });
         }
+    }
+
+    fn lose_connection(&mut self, now_ms: u64, step: Step) {
+        self.deadline_ms = now_ms.saturating_add(self.timeouts.connect_ms);
+        self.state = State::Reconnecting(step);
     }
 
     fn on_create_reply(&mut self, topic: &str, payload: &[u8]) {
@@ -392,7 +495,7 @@ impl Provisioner {
             Some(ReplyKind::Accepted) => match fleet::parse_create_certificate_accepted(payload) {
                 Ok(certificate) => {
                     self.certificate = Some(certificate);
-                    self.state = State::SubscribingRegister;
+                    self.state = State::RecordingCertificate;
                 }
                 Err(error) => self.fail(Failure::InvalidReply { step, error }),
             },
@@ -457,7 +560,8 @@ impl Provisioner {
             State::Idle | State::GeneratingKey => Action::GenerateKeyAndCsr,
             State::WaitingForConnection
             | State::AwaitingCreateReply
-            | State::AwaitingRegisterReply => Action::Wait {
+            | State::AwaitingRegisterReply
+            | State::Reconnecting(_) => Action::Wait {
                 deadline_ms: self.deadline_ms,
             },
             State::SubscribingCreate => Action::Subscribe {
@@ -467,6 +571,10 @@ impl Provisioner {
                 topic: fleet::CREATE_CERTIFICATE_TOPIC,
                 payload: &self.request,
                 step: Step::CreateCertificate,
+            },
+            State::RecordingCertificate => match &self.certificate {
+                Some(certificate) => Action::RecordCertificate { certificate },
+                None => Action::Failed(&MISSING_STATE),
             },
             State::SubscribingRegister => Action::Subscribe {
                 filter: &self.register_filter,

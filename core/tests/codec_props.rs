@@ -4,7 +4,7 @@
 
 use fleet_provisioning_core::corebus;
 use fleet_provisioning_core::eventstream::{
-    self, Header, HeaderValue, FRAME_OVERHEAD, MAX_FRAME_LEN, PRELUDE_LEN,
+    self, FrameError, Header, HeaderValue, FRAME_OVERHEAD, MAX_FRAME_LEN, PRELUDE_LEN,
 };
 use fleet_provisioning_core::object::{self, Object, ObjectError, Writer, MAX_DEPTH};
 use proptest::prelude::*;
@@ -354,5 +354,34 @@ fn walk(object: &Object<'_>) {
             map.iter().for_each(|(_, value)| walk(&value));
         }
         _ => {}
+    }
+}
+
+proptest! {
+    #[test]
+    fn object_in_frame_round_trip(tree in tree_strategy()) {
+        // The core-bus path: an object as the payload of a frame.
+        let object_bytes = encode_tree(&tree);
+        prop_assume!(object_bytes.len() <= MAX_FRAME_LEN - FRAME_OVERHEAD);
+        let bytes = encode_owned_frame(&[], &object_bytes);
+        let frame = eventstream::decode_frame(&bytes).unwrap();
+        prop_assert_eq!(frame.payload, &object_bytes[..]);
+        let object = object::decode(frame.payload).unwrap();
+        prop_assert!(tree.matches(&object));
+    }
+
+    #[test]
+    fn frame_with_extra_bytes_is_error(
+        headers in headers_strategy(),
+        payload in prop::collection::vec(any::<u8>(), 0..200),
+        extra in prop::collection::vec(any::<u8>(), 1..16),
+    ) {
+        let mut bytes = encode_owned_frame(&headers, &payload);
+        let len = bytes.len();
+        bytes.extend_from_slice(&extra);
+        prop_assert_eq!(
+            eventstream::decode_frame(&bytes).map(|_| ()),
+            Err(FrameError::LengthMismatch { declared: len, actual: len + extra.len() })
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! The provisioning state machine driven through whole runs with scripted
 //! events, as a host would feed them.
 
-use fleet_provisioning_core::fleet::{TemplateParameters, CREATE_CERTIFICATE_FILTER};
+use fleet_provisioning_core::fleet::{
+    parse_create_certificate_accepted, TemplateParameters, CREATE_CERTIFICATE_FILTER,
+};
 use fleet_provisioning_core::machine::{Action, Event, Failure, Provisioner, Step, Timeouts};
 
 const TEMPLATE: &str = "GGFleetProvisioningTemplate";
@@ -79,6 +81,12 @@ fn full_run_reaches_done() {
             payload: CERTIFICATE_REPLY,
         },
     ) {
+        Action::RecordCertificate { certificate } => {
+            assert_eq!(certificate.ownership_token.as_str(), "token-1")
+        }
+        other => panic!("expected a record, got {other:?}"),
+    }
+    match machine.handle(20, Event::CertificateRecorded) {
         Action::Subscribe { filter } => assert_eq!(
             filter,
             "$aws/provisioning-templates/GGFleetProvisioningTemplate/provision/json/+"
@@ -219,6 +227,7 @@ fn register_rejection_names_register_thing() {
             payload: CERTIFICATE_REPLY,
         },
     );
+    machine.handle(20, Event::CertificateRecorded);
     machine.handle(21, Event::Subscribed);
     machine.handle(22, Event::Published);
     let payload = br#"{"statusCode":400,"errorCode":"InvalidParameters","errorMessage":"x"}"#;
@@ -293,4 +302,98 @@ fn oversized_csr_fails_without_panic() {
 fn invalid_template_name_is_rejected() {
     assert!(Provisioner::new("bad/name", TemplateParameters::new(), timeouts()).is_err());
     assert!(Provisioner::new("", TemplateParameters::new(), timeouts()).is_err());
+}
+
+#[test]
+fn resume_with_certificate_registers_only() {
+    let certificate = parse_create_certificate_accepted(CERTIFICATE_REPLY).unwrap();
+    let mut machine = machine().with_issued_certificate(certificate);
+    assert!(matches!(
+        machine.handle(0, Event::Start),
+        Action::Wait { deadline_ms: 1_000 }
+    ));
+    match machine.handle(5, Event::Connection(true)) {
+        Action::Subscribe { filter } => assert!(filter.starts_with("$aws/provisioning-templates/")),
+        other => panic!("expected the RegisterThing subscription, got {other:?}"),
+    }
+    match machine.handle(6, Event::Subscribed) {
+        Action::Publish { step, .. } => assert_eq!(step, Step::RegisterThing),
+        other => panic!("expected a publish, got {other:?}"),
+    }
+}
+
+#[test]
+fn lost_connection_republishes_request() {
+    let mut machine = machine();
+    published_create(&mut machine);
+    assert!(matches!(
+        machine.handle(100, Event::Connection(false)),
+        Action::Wait { deadline_ms: 1_100 }
+    ));
+    match machine.handle(200, Event::Connection(true)) {
+        Action::Publish { step, .. } => assert_eq!(step, Step::CreateCertificate),
+        other => panic!("expected the request again, got {other:?}"),
+    }
+}
+
+#[test]
+fn connection_not_back_fails_retryably() {
+    let mut machine = machine();
+    published_create(&mut machine);
+    machine.handle(100, Event::Connection(false));
+    match machine.handle(1_100, Event::Tick) {
+        Action::Failed(failure @ Failure::ConnectionLost { step, .. }) => {
+            assert_eq!(*step, Step::CreateCertificate);
+            assert!(failure.is_retryable());
+        }
+        other => panic!("expected a lost connection, got {other:?}"),
+    }
+}
+
+#[test]
+fn reply_during_reconnect_is_used() {
+    let mut machine = machine();
+    published_create(&mut machine);
+    machine.handle(100, Event::Connection(false));
+    assert!(matches!(
+        machine.handle(
+            101,
+            Event::Message {
+                topic: CSR_ACCEPTED,
+                payload: CERTIFICATE_REPLY,
+            },
+        ),
+        Action::RecordCertificate { .. }
+    ));
+}
+
+#[test]
+fn retryable_failures() {
+    let rejected = |payload: &[u8]| {
+        let mut machine = machine();
+        published_create(&mut machine);
+        match machine.handle(
+            20,
+            Event::Message {
+                topic: CSR_REJECTED,
+                payload,
+            },
+        ) {
+            Action::Failed(failure) => failure.is_retryable(),
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    };
+    assert!(rejected(
+        br#"{"statusCode":429,"errorCode":"Throttling","errorMessage":"slow down"}"#
+    ));
+    assert!(rejected(
+        br#"{"statusCode":503,"errorCode":"ServiceUnavailable","errorMessage":"x"}"#
+    ));
+    assert!(!rejected(
+        br#"{"statusCode":400,"errorCode":"InvalidCSR","errorMessage":"x"}"#
+    ));
+    assert!(!rejected(
+        br#"{"statusCode":404,"errorCode":"ResourceNotFound","errorMessage":"x"}"#
+    ));
+    assert!(Failure::ConnectTimeout { waited_ms: 1 }.is_retryable());
 }

@@ -46,19 +46,19 @@ pub enum CoreBusClientError {
         /// What was wrong.
         error: CoreBusError,
     },
-    /// The server answered with a `GgError` code.
+    /// The server returned a `GgError` code.
     Remote {
         /// Socket path.
         path: PathBuf,
         /// The raw error code.
         code: i32,
     },
-    /// The server answered a call with a subscription's `accepted` frame.
+    /// The server replied to a call with a subscription's `accepted` frame.
     UnexpectedAccepted {
         /// Socket path.
         path: PathBuf,
     },
-    /// The server answered a subscription with something other than
+    /// The server replied to a subscription with something other than
     /// `accepted`.
     NotAccepted {
         /// Socket path.
@@ -107,7 +107,7 @@ impl fmt::Display for CoreBusClientError {
             }
             CoreBusClientError::UnexpectedAccepted { path } => write!(
                 f,
-                "core-bus server at {} answered a call with a subscription acceptance",
+                "core-bus server at {} replied to a call with a subscription acceptance",
                 path.display()
             ),
             CoreBusClientError::NotAccepted { path } => write!(

@@ -171,9 +171,6 @@ pub fn generate_key_and_csr(common_name: &str) -> Result<KeyAndCsr, KeyError> {
 
 /// Builds a CSR with subject `CN=<common_name>` for an existing EC P-256
 /// private key, so a run that stopped after writing the key can resume with it.
-// TODO: the run does not resume from an existing key yet; until it does,
-// only the tests call this.
-#[cfg_attr(not(test), allow(dead_code))]
 pub fn generate_csr_for_key(private_key_pem: &[u8], common_name: &str) -> Result<String, KeyError> {
     let subject = subject_for_common_name(common_name)?;
     let mut key = parse_private_key(private_key_pem)?;
@@ -201,6 +198,17 @@ pub fn public_key_matches(
     let certificate = certificates.iter().next().ok_or(KeyError::NoCertificate)?;
 
     Ok(Pk::check_pair(certificate.public_key(), &key))
+}
+
+/// Returns the SHA-256 of the public key of `private_key_pem` in DER, which
+/// identifies the key in the progress checkpoint without storing it there.
+pub fn public_key_fingerprint(private_key_pem: &[u8]) -> Result<[u8; 32], KeyError> {
+    let mut key = parse_private_key(private_key_pem)?;
+    let der = key.write_public_der_vec().map_err(KeyError::KeyEncoding)?;
+    let mut fingerprint = [0u8; 32];
+    mbedtls::hash::Md::hash(MdType::Sha256, &der, &mut fingerprint)
+        .map_err(KeyError::KeyEncoding)?;
+    Ok(fingerprint)
 }
 
 /// Validates `common_name` and returns the Mbed TLS subject string for it.

@@ -3,11 +3,18 @@
 //! provisioning over MQTT.
 #![deny(unsafe_code)]
 
+// Implementing `GlobalAlloc` needs `unsafe`; benchmark builds only.
+#[cfg(feature = "count-allocations")]
+#[allow(unsafe_code)]
+mod alloc_counter;
 mod corebus_client;
+#[cfg(feature = "direct")]
+mod direct;
 mod iotcored;
 mod keys;
 mod logger;
 mod output;
+mod progress;
 mod provision;
 mod settings;
 
@@ -29,11 +36,11 @@ mod exit {
     pub const CLAIM_CONNECTION: u8 = 3;
     /// AWS IoT rejected CreateCertificateFromCsr or RegisterThing.
     pub const REJECTED: u8 = 4;
-    /// AWS IoT did not answer in time.
+    /// AWS IoT sent no reply in time.
     pub const TIMEOUT: u8 = 5;
     /// A local file, key or daemon operation failed.
     pub const LOCAL_IO: u8 = 6;
-    /// AWS IoT answered with a reply that cannot be used.
+    /// AWS IoT sent a reply that cannot be used.
     pub const INVALID_REPLY: u8 = 7;
     /// Stopped by SIGINT or SIGTERM (128 + signal number is added).
     pub const SIGNAL_BASE: u8 = 128;
@@ -49,6 +56,8 @@ fn install_signal_handlers() -> std::io::Result<()> {
 }
 
 fn main() -> ExitCode {
+    #[cfg(feature = "count-allocations")]
+    let _allocation_report = alloc_counter::ReportOnDrop;
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {
@@ -116,7 +125,7 @@ fn main() -> ExitCode {
         Err(error) => {
             log::error!("provisioning failed: {error}");
             ExitCode::from(match error {
-                RunError::ClaimConnection(_) => exit::CLAIM_CONNECTION,
+                RunError::ClaimConnection { .. } => exit::CLAIM_CONNECTION,
                 RunError::Rejected(_) => exit::REJECTED,
                 RunError::Timeout(_) => exit::TIMEOUT,
                 RunError::InvalidReply(_) => exit::INVALID_REPLY,

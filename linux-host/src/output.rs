@@ -96,6 +96,20 @@ pub enum OutputError {
         /// Error from the system call.
         source: io::Error,
     },
+    /// A record could not be encoded for writing.
+    Encode {
+        /// File it was meant for.
+        path: PathBuf,
+        /// Why encoding failed.
+        reason: String,
+    },
+    /// The file exists and this run did not write it, so it is left alone.
+    NotOurs {
+        /// The existing file.
+        path: PathBuf,
+        /// What the file would have held, such as "private key".
+        what: &'static str,
+    },
     /// The `--owner` value is not of the form `USER`, `USER:` or `USER:GROUP`.
     InvalidOwner {
         /// The rejected value.
@@ -200,6 +214,16 @@ impl fmt::Display for OutputError {
                 "failed to look up user or group {name:?}: {source}; check /etc/nsswitch.conf \
                  and the user database, or pass another --owner value"
             ),
+            Self::Encode { path, reason } => {
+                write!(f, "failed to encode {}: {reason}", path.display())
+            }
+            Self::NotOurs { path, what } => write!(
+                f,
+                "{} already exists and no unfinished run of fleet-provisioning wrote it, so \
+                 this run will not overwrite it with a new {what}; if it is not in use, move \
+                 it away and run again",
+                path.display()
+            ),
         }
     }
 }
@@ -218,9 +242,11 @@ impl std::error::Error for OutputError {
             | Self::Chown { source, .. }
             | Self::Remove { source, .. }
             | Self::OwnerLookup { source, .. } => Some(source),
-            Self::InvalidOwner { .. } | Self::UnknownUser { .. } | Self::UnknownGroup { .. } => {
-                None
-            }
+            Self::InvalidOwner { .. }
+            | Self::UnknownUser { .. }
+            | Self::UnknownGroup { .. }
+            | Self::Encode { .. }
+            | Self::NotOurs { .. } => None,
         }
     }
 }

@@ -12,6 +12,7 @@ use fleet_provisioning_core::corebus::{self, GgError};
 use fleet_provisioning_core::fleet::{self, TemplateParameters};
 use fleet_provisioning_core::machine::Timeouts;
 use fleet_provisioning_core::object::Object;
+use fleet_provisioning_core::retry::{self, RetryPolicy};
 use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,8 @@ pub const COMPONENT_CONFIG: [&str; 3] = [
 pub const NUCLEUS_CONFIG: [&str; 3] = ["services", "aws.greengrass.NucleusLite", "configuration"];
 /// Default output folder, as in Greengrass Lite.
 pub const DEFAULT_OUTPUT_DIR: &str = "/var/lib/greengrass/credentials";
+/// Default endpoint port of the direct transport, AWS IoT Core's MQTT port.
+pub const DIRECT_PORT: u16 = 8883;
 /// Default CSR subject common name, as in Greengrass Lite.
 pub const DEFAULT_CSR_COMMON_NAME: &str = "aws-greengrass-nucleus-lite";
 
@@ -80,6 +83,14 @@ pub struct Cli {
         default_value = "ggcore:ggcore"
     )]
     pub owner: String,
+    /// MQTT transport: iotcored (start Greengrass Lite's MQTT daemon) or
+    /// direct (connect from this process); overrides transport [default: iotcored]
+    #[arg(long = "transport", value_name = "NAME")]
+    pub transport: Option<TransportKind>,
+    /// TCP port of the endpoint for --transport direct: 8883, or 443 (sent
+    /// with ALPN x-amzn-mqtt-ca); overrides port [default: 8883]
+    #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
     /// Time to wait for the MQTT connection, in seconds
     #[arg(long = "connect-timeout", value_name = "SECONDS", default_value_t = 30)]
     pub connect_timeout: u64,
@@ -90,9 +101,44 @@ pub struct Cli {
         default_value_t = 30
     )]
     pub response_timeout: u64,
+    /// Attempts in all before giving up on a failure a retry may fix
+    /// (throttling, 5xx replies, timeouts, a lost connection); overrides
+    /// maxAttempts [default: 5]
+    #[arg(long = "max-attempts", value_name = "COUNT")]
+    pub max_attempts: Option<u32>,
+    /// Latest start of a retry after the first attempt, in seconds;
+    /// overrides maxRetryTimeSeconds [default: 300]
+    #[arg(long = "max-retry-time", value_name = "SECONDS")]
+    pub max_retry_time: Option<u64>,
+    /// Delay cap of the first retry in milliseconds; it doubles with each
+    /// retry up to 60 s, and the delay is drawn at random below the cap
+    #[arg(long = "retry-base-delay", value_name = "MILLISECONDS", default_value_t = retry::DEFAULT_BASE_DELAY_MS)]
+    pub retry_base_delay: u64,
     /// Log more (-v debug, -vv trace)
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// How the run reaches AWS IoT Core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TransportKind {
+    /// Through the run's own iotcored, as Greengrass Lite's C tool does.
+    Iotcored,
+    /// MQTT over TLS from this process, without iotcored.
+    Direct,
+}
+
+impl TransportKind {
+    fn parse(key: &str, text: &str) -> Result<Self, SettingsError> {
+        match text {
+            "iotcored" => Ok(TransportKind::Iotcored),
+            "direct" => Ok(TransportKind::Direct),
+            other => Err(invalid(
+                key,
+                format!("{other:?} is not a transport; use \"iotcored\" or \"direct\""),
+            )),
+        }
+    }
 }
 
 /// Everything one provisioning run needs, validated.
@@ -126,10 +172,17 @@ pub struct Settings {
     pub root_ca_copy: PathBuf,
     /// Owner of the written files.
     pub owner: Owner,
-    /// iotcored executable.
+    /// iotcored executable; unused by the direct transport.
     pub iotcored_path: PathBuf,
+    /// MQTT transport.
+    pub transport: TransportKind,
+    /// Endpoint TCP port of the direct transport.
+    #[cfg_attr(not(feature = "direct"), allow(dead_code))]
+    pub port: u16,
     /// Timeouts of the run.
     pub timeouts: Timeouts,
+    /// When to retry.
+    pub retry: RetryPolicy,
 }
 
 /// What the configuration asks for.
@@ -242,6 +295,31 @@ impl ConfigReader<'_> {
                 Self::component_key(name),
                 "is missing or empty; set it in the Greengrass configuration or pass its flag",
             )
+        })
+    }
+
+    /// Reads a non-negative whole number, given as a number or as text.
+    fn component_number(&self, name: &str) -> Result<Option<u64>, SettingsError> {
+        let mut key_path = COMPONENT_CONFIG.to_vec();
+        key_path.push(name);
+        let key = Self::component_key(name);
+        self.read(&key_path, |value| {
+            let number = match value {
+                Object::I64(number) => u64::try_from(number).ok(),
+                Object::F64(number) if number >= 0.0 && number.fract() == 0.0 => {
+                    Some(number as u64)
+                }
+                Object::Buf(text) => std::str::from_utf8(text)
+                    .ok()
+                    .and_then(|text| text.trim().parse().ok()),
+                _ => None,
+            };
+            number.ok_or_else(|| {
+                invalid(
+                    key.as_str(),
+                    format!("must be a whole number, but it is a {}", value.type_name()),
+                )
+            })
         })
     }
 
@@ -432,6 +510,22 @@ pub fn load(cli: &Cli, bus: &CoreBus) -> Result<Plan, SettingsError> {
         },
     };
     let cred_endpoint = reader.required_text("iotCredEndpoint")?;
+    let max_attempts = match cli.max_attempts {
+        Some(count) => u64::from(count),
+        None => reader
+            .component_number("maxAttempts")?
+            .unwrap_or(u64::from(retry::DEFAULT_MAX_ATTEMPTS)),
+    };
+    let max_retry_time_s = match cli.max_retry_time {
+        Some(seconds) => seconds,
+        None => reader
+            .component_number("maxRetryTimeSeconds")?
+            .unwrap_or(retry::DEFAULT_MAX_TOTAL_MS / 1000),
+    };
+    let max_attempts = u32::try_from(max_attempts)
+        .ok()
+        .filter(|count| (1..=1000).contains(count))
+        .ok_or_else(|| invalid("--max-attempts / maxAttempts", "must be 1 to 1000"))?;
 
     // Checks that need no daemon, all before any side effect.
     for (key, value) in [
@@ -469,11 +563,50 @@ pub fn load(cli: &Cli, bus: &CoreBus) -> Result<Plan, SettingsError> {
         ));
     }
     let owner = resolve_owner(&cli.owner).map_err(|error| invalid("--owner", error.to_string()))?;
+    let transport = match cli.transport {
+        Some(kind) => kind,
+        None => match reader.component_text("transport")? {
+            Some(text) => TransportKind::parse(&ConfigReader::component_key("transport"), &text)?,
+            None => TransportKind::Iotcored,
+        },
+    };
+    let port = match cli.port {
+        Some(port) => Some(port),
+        None => reader
+            .component_number("port")?
+            .map(|number| {
+                u16::try_from(number)
+                    .ok()
+                    .filter(|port| *port != 0)
+                    .ok_or_else(|| {
+                        invalid(
+                            ConfigReader::component_key("port"),
+                            "must be a TCP port number from 1 to 65535",
+                        )
+                    })
+            })
+            .transpose()?,
+    };
+    if transport == TransportKind::Direct && !cfg!(feature = "direct") {
+        return Err(invalid(
+            "--transport / transport",
+            "this build has no direct transport (the `direct` cargo feature is off); \
+             use iotcored or rebuild with the feature",
+        ));
+    }
+    if transport == TransportKind::Iotcored && port.is_some_and(|port| port != DIRECT_PORT) {
+        return Err(invalid(
+            "--port / port",
+            "applies only to --transport direct; iotcored always connects to port 8883",
+        ));
+    }
     let iotcored_path = match &cli.iotcored_path {
         Some(path) => path.clone(),
         None => default_iotcored_path()?,
     };
-    check_executable("--iotcored-path", &iotcored_path)?;
+    if transport == TransportKind::Iotcored {
+        check_executable("--iotcored-path", &iotcored_path)?;
+    }
     if cli.connect_timeout == 0 || cli.response_timeout == 0 {
         return Err(invalid(
             "--connect-timeout / --response-timeout",
@@ -497,9 +630,17 @@ pub fn load(cli: &Cli, bus: &CoreBus) -> Result<Plan, SettingsError> {
         csr_common_name,
         owner,
         iotcored_path,
+        transport,
+        port: port.unwrap_or(DIRECT_PORT),
         timeouts: Timeouts {
             connect_ms: cli.connect_timeout.saturating_mul(1000),
             response_ms: cli.response_timeout.saturating_mul(1000),
+        },
+        retry: RetryPolicy {
+            max_attempts,
+            base_delay_ms: cli.retry_base_delay,
+            max_delay_ms: retry::DEFAULT_MAX_DELAY_MS,
+            max_total_ms: max_retry_time_s.saturating_mul(1000),
         },
     })))
 }

@@ -38,6 +38,8 @@ pub struct TestBed {
     pub iotcored: PathBuf,
     /// The `fleet-provisioning` executable to run.
     pub fleet_provisioning: PathBuf,
+    /// Arguments added to every run, such as the transport.
+    pub extra_args: Vec<String>,
     // Dropped last, so that the servers stop before their files go.
     dir: tempfile::TempDir,
 }
@@ -78,8 +80,20 @@ impl TestBed {
             output_dir,
             iotcored: iotcored.to_path_buf(),
             fleet_provisioning: find_fleet_provisioning()?,
+            extra_args: Vec::new(),
             dir,
         })
+    }
+
+    /// Makes every later run connect to the broker itself
+    /// (`--transport direct`) instead of through the iotcored stand-in.
+    pub fn use_direct_transport(&mut self) {
+        self.extra_args = vec![
+            "--transport".to_owned(),
+            "direct".to_owned(),
+            "--port".to_owned(),
+            self.broker.port().to_string(),
+        ];
     }
 
     /// Returns the bed's temporary folder.
@@ -101,18 +115,20 @@ impl TestBed {
             .arg(&self.output_dir)
             .arg("--owner")
             .arg(current_owner())
+            .args(&self.extra_args)
             .env(IOTCORED_PORT_ENV, self.broker.port().to_string());
+        // Runs use a proxy only when a test sets one.
+        for variable in ["https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY"] {
+            command.env_remove(variable);
+        }
         command
     }
 
     /// Runs `fleet-provisioning` with `extra` arguments and waits for it.
     pub fn run(&self, extra: &[&str]) -> RunResult {
-        let output = self
-            .command()
-            .args(extra)
-            .output()
-            .expect("fleet-provisioning could not be started");
-        run_result(&output)
+        let mut command = self.command();
+        command.args(extra);
+        run_command(&mut command)
     }
 
     /// Returns the configuration value at `path` (slash-separated).
@@ -124,6 +140,19 @@ impl TestBed {
         }
         Some(node.clone())
     }
+}
+
+/// Runs `command` and waits for it. With `E2E_SHOW_LOG` set, the run's
+/// log is printed too (see it with `cargo test -- --nocapture`).
+pub fn run_command(command: &mut Command) -> RunResult {
+    let output = command
+        .output()
+        .expect("fleet-provisioning could not be started");
+    let result = run_result(&output);
+    if std::env::var_os("E2E_SHOW_LOG").is_some() {
+        eprintln!("{}", result.log);
+    }
+    result
 }
 
 fn run_result(output: &Output) -> RunResult {

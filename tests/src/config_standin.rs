@@ -8,6 +8,8 @@
 //! older than the stored leaf is ignored but still returns `null`.
 //! Values from the initial tree count as written when the server started, so
 //! the C provisioner's writes with timestamp 3 never replace them.
+//! `subscribe` sends the key path of each changed leaf at or below the
+//! subscribed key, as ggconfigd does.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -330,8 +332,10 @@ fn handle_frame(frame: &[u8], shared: &Shared) -> (Option<RequestType>, Result<O
             }
         }
     };
-    if let Err(error) = &result {
-        eprintln!("ggconfigd stand-in: {method} failed with {error:?}");
+    // A missing key is an ordinary answer to a read, not worth a line.
+    match &result {
+        Err(GgError::Noentry) | Ok(_) => {}
+        Err(error) => eprintln!("ggconfigd stand-in: {method} failed with {error:?}"),
     }
     (Some(kind), result)
 }
@@ -357,7 +361,7 @@ fn execute(
             let mut changed = Vec::new();
             let written = write_value(state, &mut key_path, value, timestamp, &mut changed);
             // Changes made before a failure stay, as in ggconfigd, so their
-            // subscribers hear about them either way.
+            // subscribers get events for them either way.
             notify_subscribers(state, &changed);
             written.map(|()| Outcome::Value(Value::Null))
         }
@@ -561,9 +565,9 @@ fn list_key(tree: &Value, key_path: &[String]) -> Result<Value, GgError> {
 
 /// Writes `value` at `path` with ggconfigd's rules, adding the key path of
 /// every leaf whose value changed to `changed`. A non-empty map merges key
-/// by key. A leaf or empty map cannot replace a map or leaf, and a leaf
-/// cannot get children (FAILURE). A leaf older than the stored one is left
-/// as it is without an error.
+/// by key. A leaf cannot replace a map, an empty map cannot replace a leaf,
+/// and a leaf cannot get children (all FAILURE). A leaf older than the
+/// stored one is left as it is without an error.
 fn write_value(
     state: &mut ConfigState,
     path: &mut Vec<String>,
@@ -621,7 +625,7 @@ fn write_value(
     Ok(())
 }
 
-/// Returns the map that holds the key after `parents`, creating missing
+/// Returns the map that contains the key after `parents`, creating missing
 /// maps on the way. A leaf on the way is an error, as in ggconfigd.
 fn parent_map_mut<'t>(
     tree: &'t mut Value,

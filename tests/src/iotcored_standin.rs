@@ -259,12 +259,14 @@ async fn run_async(args: Args, env: Environment) -> Result<(), IotcoredError> {
     let address = format!("{}:{}", args.endpoint, env.port);
     check_loopback(&address)?;
 
-    let socket_path = env.socket_dir.join(&args.name);
-    let listener = bind_socket(&socket_path)?;
+    // Handlers go in before the socket appears, because a client may send
+    // SIGTERM as soon as the socket exists.
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(IotcoredError::Runtime)?;
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(IotcoredError::Runtime)?;
+    let socket_path = env.socket_dir.join(&args.name);
+    let listener = bind_socket(&socket_path)?;
 
     let mut options = MqttOptions::new(args.client_id.clone(), args.endpoint.clone(), env.port);
     options

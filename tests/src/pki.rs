@@ -14,6 +14,9 @@ use rcgen::{
     ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
 };
 
+/// The only host name in [`TestPki::other_host_cert`].
+pub const OTHER_HOST_NAME: &str = "not-the-endpoint.example";
+
 /// Failure to create or store the test PKI.
 #[derive(Debug)]
 pub enum PkiError {
@@ -77,14 +80,23 @@ pub struct TestPki {
     pub untrusted_claim_cert: PathBuf,
     /// Private key of the untrusted claim certificate (PKCS#8).
     pub untrusted_claim_key: PathBuf,
+    /// The second CA, which signed nothing the broker presents: a root CA
+    /// that a client must not accept the broker with.
+    pub untrusted_ca_cert: PathBuf,
+    /// Server certificate signed by the test CA for the host name
+    /// [`OTHER_HOST_NAME`] only, to test host name verification.
+    pub other_host_cert: PathBuf,
+    /// Private key of [`TestPki::other_host_cert`] (PKCS#8).
+    pub other_host_key: PathBuf,
     ca_cert_pem: String,
     ca_key_pem: String,
 }
 
 impl TestPki {
     /// Generates a test CA, a broker certificate, a trusted claim
-    /// certificate and an untrusted claim certificate, and writes them as
-    /// PEM files into `dir`.
+    /// certificate, an untrusted claim certificate with its CA, and a server
+    /// certificate for another host name, and writes them as PEM files into
+    /// `dir`.
     pub fn generate(dir: &Path) -> Result<TestPki, PkiError> {
         let ca_key = new_key("CA key")?;
         let ca = CertifiedIssuer::self_signed(ca_params("Fleet provisioning test CA"), ca_key)
@@ -132,6 +144,24 @@ impl TestPki {
                 source,
             })?;
 
+        let other_host_key = new_key("other host key")?;
+        let mut other_host_params =
+            leaf_params(OTHER_HOST_NAME, ExtendedKeyUsagePurpose::ServerAuth);
+        other_host_params.subject_alt_names =
+            vec![SanType::DnsName(OTHER_HOST_NAME.try_into().map_err(
+                |source| PkiError::Generate {
+                    item: "other host SAN",
+                    source,
+                },
+            )?)];
+        let other_host_cert =
+            other_host_params
+                .signed_by(&other_host_key, &ca)
+                .map_err(|source| PkiError::Generate {
+                    item: "other host certificate",
+                    source,
+                })?;
+
         let pki = TestPki {
             ca_cert: dir.join("ca.pem"),
             ca_key: dir.join("ca.key"),
@@ -141,6 +171,9 @@ impl TestPki {
             claim_key: dir.join("claim.key"),
             untrusted_claim_cert: dir.join("untrusted-claim.pem"),
             untrusted_claim_key: dir.join("untrusted-claim.key"),
+            untrusted_ca_cert: dir.join("untrusted-ca.pem"),
+            other_host_cert: dir.join("other-host.pem"),
+            other_host_key: dir.join("other-host.key"),
             ca_cert_pem: ca.pem(),
             ca_key_pem: ca.key().serialize_pem(),
         };
@@ -152,6 +185,9 @@ impl TestPki {
         write_pem(&pki.claim_key, &claim_key.serialize_pem())?;
         write_pem(&pki.untrusted_claim_cert, &untrusted_cert.pem())?;
         write_pem(&pki.untrusted_claim_key, &untrusted_key.serialize_pem())?;
+        write_pem(&pki.untrusted_ca_cert, &other_ca.pem())?;
+        write_pem(&pki.other_host_cert, &other_host_cert.pem())?;
+        write_pem(&pki.other_host_key, &other_host_key.serialize_pem())?;
         Ok(pki)
     }
 

@@ -232,6 +232,102 @@ fn config_old_write_is_ignored() {
 }
 
 #[test]
+fn config_write_keeps_kinds_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ConfigServer::start(dir.path(), sample_config()).unwrap();
+    let failure = Reply::Error(GgError::Failure.code());
+
+    // A leaf cannot replace a map.
+    let request = encode(|out| corebus::encode_config_write_str(FLEET_CONFIG, "flat", None, out));
+    assert_eq!(call(server.socket_path(), &request), failure);
+
+    // A leaf cannot get children.
+    let through_leaf: Vec<&str> = fleet_path("rootCaPath")
+        .into_iter()
+        .chain(["child"])
+        .collect();
+    let request = encode(|out| corebus::encode_config_write_str(&through_leaf, "x", None, out));
+    assert_eq!(call(server.socket_path(), &request), failure);
+
+    // An empty map cannot replace a leaf.
+    let request = encode(|out| {
+        corebus::encode_config_write(&fleet_path("rootCaPath"), None, out, |writer| writer.map(0))
+    });
+    assert_eq!(call(server.socket_path(), &request), failure);
+
+    assert_eq!(server.tree(), sample_config());
+}
+
+#[test]
+fn config_subscribe_reports_changed_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ConfigServer::start(dir.path(), sample_config()).unwrap();
+
+    let mut subscription = UnixStream::connect(server.socket_path()).unwrap();
+    subscription.set_read_timeout(Some(EVENT_TIMEOUT)).unwrap();
+    let request = encode(|out| {
+        corebus::encode_request("subscribe", RequestType::Subscribe, out, |writer| {
+            writer.map(1)?;
+            writer.key(b"key_path")?;
+            writer.str_list(FLEET_CONFIG)
+        })
+    });
+    subscription.write_all(&request).unwrap();
+    assert_eq!(
+        decode_reply(&read_frame(&mut subscription).unwrap()),
+        Reply::Accepted
+    );
+
+    // An unchanged value and a key elsewhere produce no event, so the first
+    // event is the changed serial number.
+    let request = encode(|out| {
+        corebus::encode_config_write_str(
+            &fleet_path("rootCaPath"),
+            "/var/lib/greengrass/pki/ca.pem",
+            None,
+            out,
+        )
+    });
+    assert_eq!(
+        call(server.socket_path(), &request),
+        Reply::Value(Value::Null)
+    );
+    let request = encode(|out| corebus::encode_config_write_str(&["system", "x"], "1", None, out));
+    assert_eq!(
+        call(server.socket_path(), &request),
+        Reply::Value(Value::Null)
+    );
+    let serial_path = [FLEET_CONFIG, &["templateParams", "SerialNumber"]].concat();
+    let request =
+        encode(|out| corebus::encode_config_write_str(&serial_path, "new-serial", None, out));
+    assert_eq!(
+        call(server.socket_path(), &request),
+        Reply::Value(Value::Null)
+    );
+
+    assert_eq!(
+        decode_reply(&read_frame(&mut subscription).unwrap()),
+        Reply::Value(json!(serial_path))
+    );
+
+    // A subscription to a missing key is rejected.
+    let mut missing = UnixStream::connect(server.socket_path()).unwrap();
+    missing.set_read_timeout(Some(EVENT_TIMEOUT)).unwrap();
+    let request = encode(|out| {
+        corebus::encode_request("subscribe", RequestType::Subscribe, out, |writer| {
+            writer.map(1)?;
+            writer.key(b"key_path")?;
+            writer.str_list(&["nothing"])
+        })
+    });
+    missing.write_all(&request).unwrap();
+    assert_eq!(
+        decode_reply(&read_frame(&mut missing).unwrap()),
+        Reply::Error(GgError::Noentry.code())
+    );
+}
+
+#[test]
 fn config_list_returns_child_names() {
     let dir = tempfile::tempdir().unwrap();
     let server = ConfigServer::start(dir.path(), sample_config()).unwrap();
@@ -473,7 +569,8 @@ fn ggconfigd_binary_serves_file() {
 
     terminate(&daemon.child);
     let status = wait_exit(&mut daemon.child);
-    assert_eq!(status.code(), Some(0));
+    let log = stderr_of(&mut daemon.child);
+    assert_eq!(status.code(), Some(0), "log: {log}");
     assert!(!socket.exists(), "the socket was not removed");
 }
 

@@ -2,7 +2,16 @@
 //!
 //! - `cargo xtask demo`: provisions a device against the loopback test bed.
 //! - `cargo xtask test`: formatting, lints and every test.
+//! - `cargo xtask bench`: measures the release build and rewrites BENCHMARKS.md.
+//! - `cargo xtask nostd`: proves the core builds without std and alloc.
+//! - `cargo xtask fuzz`: runs the core's fuzz targets for a bounded time.
+//! - `cargo xtask cross`: builds and tests the release binary for aarch64 or armv7.
 #![forbid(unsafe_code)]
+
+mod bench;
+mod cross;
+mod fuzz;
+mod nostd;
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -12,17 +21,23 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   demo    start the loopback test bed and provision a device with the real binary
-  test    run cargo fmt --check, clippy with -D warnings, and every test";
+  test    run cargo fmt --check, clippy with -D warnings, and every test
+  bench   measure the release build on the loopback test bed; rewrite BENCHMARKS.md
+  nostd   build the core into a no_std static library for x86_64 and armv7
+  fuzz    run each fuzz target of the core for a bounded time (--seconds N)
+  cross   build a release binary for --target aarch64|armv7 [--static] [--test]";
 
 /// Debian packages the test bed needs: the MQTT broker and its plugin
-/// headers (the IoT Core emulator is a broker plugin), and cmake and clang
-/// for building mbedtls.
+/// headers (the IoT Core emulator is a broker plugin), cmake and clang for
+/// building mbedtls, and openssl for the tests' independent certificate
+/// checks.
 const TEST_BED_PACKAGES: &[&str] = &[
     "mosquitto",
     "mosquitto-dev",
     "cmake",
     "clang",
     "libclang-dev",
+    "openssl",
 ];
 
 fn main() -> ExitCode {
@@ -30,6 +45,10 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("demo") => demo(&args[1..]),
         Some("test") => test(&args[1..]),
+        Some("bench") => bench::bench(&args[1..]),
+        Some("nostd") => nostd::check_no_std(&args[1..]),
+        Some("fuzz") => fuzz::run_fuzzers(&args[1..]),
+        Some("cross") => cross::cross(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())
@@ -160,5 +179,7 @@ fn test(args: &[String]) -> Result<(), String> {
         "warnings",
     ]))?;
     build_binaries(false)?;
-    run(cargo().args(["test", "--workspace"]).args(args))
+    run(cargo().args(["test", "--workspace"]).args(args))?;
+    nostd::check_no_std(&[])?;
+    cross::test_armv7()
 }

@@ -42,6 +42,23 @@ fn serve(args: &Args) -> Result<(), String> {
         .map_err(|error| format!("cannot read {}: {error}", args.config.display()))?;
     let initial: serde_json::Value = serde_json::from_str(&text)
         .map_err(|error| format!("{} is not valid JSON: {error}", args.config.display()))?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| format!("cannot start the signal handler: {error}"))?;
+    // Handlers go in before the socket appears, because a client may send
+    // SIGTERM as soon as the socket exists.
+    let (mut terminate, mut interrupt) = runtime
+        .block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+            ))
+        })
+        .map_err(|error| format!("cannot install the SIGTERM handler: {error}"))?;
+
     let mut server = ConfigServer::start(&args.socket_dir, initial).map_err(|error| {
         format!(
             "cannot serve gg_config in {}: {error}",
@@ -54,21 +71,13 @@ fn serve(args: &Args) -> Result<(), String> {
         server.socket_path().display()
     );
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|error| format!("cannot start the signal handler: {error}"))?;
-    let waited = runtime.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut terminate = signal(SignalKind::terminate())?;
-        let mut interrupt = signal(SignalKind::interrupt())?;
+    runtime.block_on(async {
         tokio::select! {
             _ = terminate.recv() => {}
             _ = interrupt.recv() => {}
         }
-        Ok::<(), std::io::Error>(())
     });
     server.stop();
     eprintln!("ggconfigd stand-in: stopped");
-    waited.map_err(|error| format!("cannot wait for SIGTERM: {error}"))
+    Ok(())
 }
