@@ -242,7 +242,7 @@ impl fmt::Display for FrameError {
             ),
             FrameError::TooLarge { len } => write!(
                 f,
-                "event-stream frame of {len} bytes exceeds the core-bus maximum of {MAX_FRAME_LEN} bytes; send less data per message"
+                "event-stream frame of {len} bytes exceeds the core-bus maximum of {MAX_FRAME_LEN} bytes; a peer that sends it does not follow the core-bus protocol, and a value this large does not fit a request"
             ),
             FrameError::TooShort { len } => write!(
                 f,

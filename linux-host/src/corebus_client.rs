@@ -11,7 +11,9 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+
+use crate::signals;
+use std::time::{Duration, Instant};
 
 /// Time allowed for one call's response. The daemons answer local calls in
 /// microseconds; this only bounds a daemon that hangs.
@@ -33,6 +35,18 @@ pub enum CoreBusClientError {
         path: PathBuf,
         /// The system error.
         source: io::Error,
+    },
+    /// The server sent no whole response in time.
+    TimedOut {
+        /// Socket path.
+        path: PathBuf,
+        /// How long the call waited.
+        after: Duration,
+    },
+    /// SIGINT or SIGTERM arrived while the call waited.
+    Interrupted {
+        /// The signal number.
+        signal: i32,
     },
     /// The peer closed the connection before a whole frame arrived.
     Closed {
@@ -87,6 +101,19 @@ impl fmt::Display for CoreBusClientError {
             CoreBusClientError::Io { path, source } => {
                 write!(f, "core-bus socket {}: {source}", path.display())
             }
+            CoreBusClientError::TimedOut { path, after } => write!(
+                f,
+                "core-bus server at {} sent no complete response within {} s; check that \
+                 the daemon is healthy, or restart it",
+                path.display(),
+                after.as_secs()
+            ),
+            CoreBusClientError::Interrupted { signal } => {
+                write!(
+                    f,
+                    "stopped by signal {signal} while waiting for a core-bus response"
+                )
+            }
             CoreBusClientError::Closed { path } => write!(
                 f,
                 "core-bus socket {} closed before a whole frame arrived",
@@ -134,24 +161,50 @@ impl FrameBuf {
     }
 }
 
-/// Reads one frame: the 12-byte prelude, then the rest. Returns `None` on a
-/// clean end of stream before the first byte.
-pub fn read_frame(
+/// Longest single blocking read while a call waits, so that a signal or the
+/// call's deadline is noticed promptly.
+const READ_SLICE: Duration = Duration::from_millis(100);
+
+/// Fills `buf` from `stream`. With a `deadline`, reads in short slices and
+/// fails at the deadline or when SIGINT or SIGTERM arrived, however slowly
+/// the peer trickles bytes. Returns the bytes read, fewer than `buf.len()`
+/// only at the end of the stream.
+fn read_until(
     stream: &mut UnixStream,
+    buf: &mut [u8],
+    deadline: Option<Instant>,
     path: &Path,
-) -> Result<Option<FrameBuf>, CoreBusClientError> {
-    let mut prelude = [0u8; PRELUDE_LEN];
+) -> Result<usize, CoreBusClientError> {
     let mut filled = 0;
-    while filled < PRELUDE_LEN {
-        match stream.read(&mut prelude[filled..]) {
-            Ok(0) if filled == 0 => return Ok(None),
-            Ok(0) => {
-                return Err(CoreBusClientError::Closed {
-                    path: path.to_owned(),
-                })
+    while filled < buf.len() {
+        if let Some(deadline) = deadline {
+            if let Some(signal) = signals::received() {
+                return Err(CoreBusClientError::Interrupted { signal });
             }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(CoreBusClientError::TimedOut {
+                    path: path.to_owned(),
+                    after: CALL_TIMEOUT,
+                });
+            }
+            stream
+                .set_read_timeout(Some((deadline - now).min(READ_SLICE)))
+                .map_err(|source| CoreBusClientError::Io {
+                    path: path.to_owned(),
+                    source,
+                })?;
+        }
+        match stream.read(&mut buf[filled..]) {
+            Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if deadline.is_some()
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
             Err(source) => {
                 return Err(CoreBusClientError::Io {
                     path: path.to_owned(),
@@ -160,26 +213,39 @@ pub fn read_frame(
             }
         }
     }
+    Ok(filled)
+}
+
+/// Reads one frame: the 12-byte prelude, then the rest. Returns `None` on a
+/// clean end of stream before the first byte. With a `deadline`, the whole
+/// frame must arrive by then.
+pub fn read_frame(
+    stream: &mut UnixStream,
+    path: &Path,
+    deadline: Option<Instant>,
+) -> Result<Option<FrameBuf>, CoreBusClientError> {
+    let mut prelude = [0u8; PRELUDE_LEN];
+    match read_until(stream, &mut prelude, deadline, path)? {
+        0 => return Ok(None),
+        PRELUDE_LEN => {}
+        _ => {
+            return Err(CoreBusClientError::Closed {
+                path: path.to_owned(),
+            })
+        }
+    }
     let total = eventstream::frame_len(&prelude).map_err(|error| CoreBusClientError::Protocol {
         path: path.to_owned(),
         error: error.into(),
     })?;
     let mut bytes = vec![0u8; total.min(MAX_FRAME_LEN)];
     bytes[..PRELUDE_LEN].copy_from_slice(&prelude);
-    stream
-        .read_exact(&mut bytes[PRELUDE_LEN..])
-        .map_err(|source| {
-            if source.kind() == io::ErrorKind::UnexpectedEof {
-                CoreBusClientError::Closed {
-                    path: path.to_owned(),
-                }
-            } else {
-                CoreBusClientError::Io {
-                    path: path.to_owned(),
-                    source,
-                }
-            }
-        })?;
+    let rest = bytes.len() - PRELUDE_LEN;
+    if read_until(stream, &mut bytes[PRELUDE_LEN..], deadline, path)? < rest {
+        return Err(CoreBusClientError::Closed {
+            path: path.to_owned(),
+        });
+    }
     Ok(Some(FrameBuf { bytes }))
 }
 
@@ -235,7 +301,8 @@ impl CoreBus {
             .set_write_timeout(Some(CALL_TIMEOUT))
             .map_err(io_error)?;
         send_request(&mut stream, &path, encode)?;
-        let frame = read_frame(&mut stream, &path)?
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        let frame = read_frame(&mut stream, &path, Some(deadline))?
             .ok_or_else(|| CoreBusClientError::Closed { path: path.clone() })?;
         match frame.response() {
             Ok(Response::Error(code)) => Err(CoreBusClientError::Remote { path, code }),
@@ -265,7 +332,8 @@ impl CoreBus {
             .set_write_timeout(Some(CALL_TIMEOUT))
             .map_err(io_error)?;
         send_request(&mut stream, &path, encode)?;
-        let frame = read_frame(&mut stream, &path)?
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        let frame = read_frame(&mut stream, &path, Some(deadline))?
             .ok_or_else(|| CoreBusClientError::Closed { path: path.clone() })?;
         match frame.response() {
             Ok(Response::Accepted) => {}

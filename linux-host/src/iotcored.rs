@@ -303,7 +303,7 @@ fn read_events(
     events: Sender<TransportEvent>,
 ) {
     let error = loop {
-        let frame = match read_frame(&mut stream, &path) {
+        let frame = match read_frame(&mut stream, &path, None) {
             Ok(Some(frame)) => frame,
             Ok(None) => break None,
             Err(error) => break Some(error.to_string()),

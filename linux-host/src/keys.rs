@@ -200,6 +200,36 @@ pub fn public_key_matches(
     Ok(Pk::check_pair(certificate.public_key(), &key))
 }
 
+/// Checks that `common_name` can be a CSR subject common name.
+pub fn validate_common_name(common_name: &str) -> Result<(), KeyError> {
+    subject_for_common_name(common_name).map(drop)
+}
+
+/// Checks that `pem` holds at least one X.509 certificate Mbed TLS can
+/// parse.
+pub fn check_certificate_pem(pem: &[u8]) -> Result<(), KeyError> {
+    let mut with_nul = Vec::with_capacity(pem.len() + 1);
+    with_nul.extend_from_slice(pem);
+    with_nul.push(0);
+    let certificates =
+        Certificate::from_pem_multiple(&with_nul).map_err(KeyError::InvalidCertificate)?;
+    match certificates.iter().next() {
+        Some(_) => Ok(()),
+        None => Err(KeyError::NoCertificate),
+    }
+}
+
+/// Checks that `pem` holds an unencrypted private key of any type Mbed TLS
+/// can parse (claim keys are often RSA).
+pub fn check_private_key_pem(pem: &[u8]) -> Result<(), KeyError> {
+    let mut with_nul = Zeroizing::new(Vec::with_capacity(pem.len() + 1));
+    with_nul.extend_from_slice(pem);
+    with_nul.push(0);
+    Pk::from_private_key(&with_nul, None)
+        .map(drop)
+        .map_err(KeyError::InvalidPrivateKey)
+}
+
 /// Returns the SHA-256 of the public key of `private_key_pem` in DER, which
 /// identifies the key in the progress checkpoint without storing it there.
 pub fn public_key_fingerprint(private_key_pem: &[u8]) -> Result<[u8; 32], KeyError> {

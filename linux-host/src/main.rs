@@ -17,13 +17,13 @@ mod output;
 mod progress;
 mod provision;
 mod settings;
+mod signals;
 
 use clap::Parser;
 use corebus_client::CoreBus;
-use provision::{stop_signal, RunError};
+use provision::RunError;
 use settings::{Cli, Plan, SettingsError};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 /// Exit statuses, one per class of failure. The README lists them.
 mod exit {
@@ -46,13 +46,8 @@ mod exit {
     pub const SIGNAL_BASE: u8 = 128;
 }
 
-fn install_signal_handlers() -> std::io::Result<()> {
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        let number = usize::try_from(signal).unwrap_or(usize::MAX);
-        // The handler only stores the number; the run loop checks it.
-        signal_hook::flag::register_usize(signal, Arc::clone(stop_signal()), number)?;
-    }
-    Ok(())
+fn signal_status(signal: i32) -> u8 {
+    exit::SIGNAL_BASE.saturating_add(u8::try_from(signal).unwrap_or(0))
 }
 
 fn main() -> ExitCode {
@@ -74,7 +69,7 @@ fn main() -> ExitCode {
         }
     };
     logger::init(cli.verbose);
-    if let Err(error) = install_signal_handlers() {
+    if let Err(error) = signals::install() {
         log::error!("installing the SIGINT and SIGTERM handlers failed: {error}");
         return ExitCode::from(exit::LOCAL_IO);
     }
@@ -101,6 +96,10 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::CONFIGURATION);
         }
         Err(error @ SettingsError::ConfigDaemon { .. }) => {
+            if let Some(signal) = signals::received() {
+                log::error!("stopped by signal {signal} while reading the configuration");
+                return ExitCode::from(signal_status(signal));
+            }
             log::error!("{error}");
             return ExitCode::from(exit::LOCAL_IO);
         }
@@ -123,6 +122,15 @@ fn main() -> ExitCode {
             ExitCode::from(exit::SUCCESS)
         }
         Err(error) => {
+            // A signal can also surface as the failure of the call it cut
+            // short; the signal is the cause worth reporting.
+            let error = match (signals::received(), error) {
+                (Some(signal), error) if !matches!(error, RunError::Interrupted(_)) => {
+                    log::debug!("the signal cut short: {error}");
+                    RunError::Interrupted(signal)
+                }
+                (_, error) => error,
+            };
             log::error!("provisioning failed: {error}");
             ExitCode::from(match error {
                 RunError::ClaimConnection { .. } => exit::CLAIM_CONNECTION,
@@ -130,9 +138,7 @@ fn main() -> ExitCode {
                 RunError::Timeout(_) => exit::TIMEOUT,
                 RunError::InvalidReply(_) => exit::INVALID_REPLY,
                 RunError::LocalIo(_) => exit::LOCAL_IO,
-                RunError::Interrupted(signal) => {
-                    exit::SIGNAL_BASE.saturating_add(u8::try_from(signal).unwrap_or(0))
-                }
+                RunError::Interrupted(signal) => signal_status(signal),
             })
         }
     }

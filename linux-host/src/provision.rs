@@ -11,19 +11,20 @@ use crate::keys::{self, KeyError};
 use crate::output::{self, OutputError};
 use crate::progress::{self, failpoint, Loaded};
 use crate::settings::{Settings, TransportKind, CONFIG_INTERFACE, NUCLEUS_CONFIG};
-use fleet_provisioning_core::checkpoint::{Checkpoint, IssuedRecord};
+use crate::signals;
+use fleet_provisioning_core::checkpoint::{self, Checkpoint, IssuedRecord};
 use fleet_provisioning_core::corebus;
-use fleet_provisioning_core::fleet::MAX_CSR_PEM_LEN;
 use fleet_provisioning_core::fleet::{CertificateIssued, ThingRegistered};
+use fleet_provisioning_core::fleet::{MAX_CSR_PEM_LEN, MAX_TEMPLATE_NAME_LEN};
 use fleet_provisioning_core::machine::{Failure, Provisioner, Step};
 use fleet_provisioning_core::transport::{
     self, Platform, RunError as CoreRunError, Transport, TransportEvent,
 };
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Timestamp of every configuration write. Greengrass Lite's C tool writes
@@ -131,20 +132,11 @@ fn map_failure(failure: &Failure) -> RunError {
     }
 }
 
-/// Returns the number of the signal that stopped the run, or 0. The
-/// SIGINT and SIGTERM handlers store into it.
-pub fn stop_signal() -> &'static Arc<AtomicUsize> {
-    static STOP_SIGNAL: OnceLock<Arc<AtomicUsize>> = OnceLock::new();
-    STOP_SIGNAL.get_or_init(|| Arc::new(AtomicUsize::new(0)))
-}
-
 /// Fails with [`RunError::Interrupted`] once SIGINT or SIGTERM arrived.
 pub fn check_signal() -> Result<(), RunError> {
-    match stop_signal().load(Ordering::Relaxed) {
-        0 => Ok(()),
-        signal => Err(RunError::Interrupted(
-            i32::try_from(signal).unwrap_or(i32::MAX),
-        )),
+    match signals::received() {
+        None => Ok(()),
+        Some(signal) => Err(RunError::Interrupted(signal)),
     }
 }
 
@@ -180,6 +172,8 @@ fn sleep_unless_signalled(delay: Duration) -> Result<(), RunError> {
 pub fn run(settings: &Settings, bus: &CoreBus) -> Result<Provisioned, RunError> {
     let started = Instant::now();
     output::create_output_dir(&settings.output_dir)?;
+    let _lock = lock_output_dir(&settings.output_dir)?;
+    preflight(settings)?;
     let mut failed_attempts = 0;
     loop {
         let error = match attempt(settings, bus) {
@@ -196,8 +190,13 @@ pub fn run(settings: &Settings, bus: &CoreBus) -> Result<Provisioned, RunError> 
                 .next_delay_ms(failed_attempts, elapsed_ms(started), random_u64());
         let Some(delay_ms) = delay else {
             log::error!(
-                "giving up after {failed_attempts} attempts in {} ms (at most {} attempts \
-                 and {} s; see --max-attempts and --max-retry-time)",
+                "giving up after {failed_attempts} {} in {} ms (at most {} attempts and {} s; \
+                 see --max-attempts and --max-retry-time)",
+                if failed_attempts == 1 {
+                    "attempt"
+                } else {
+                    "attempts"
+                },
                 elapsed_ms(started),
                 settings.retry.max_attempts,
                 settings.retry.max_total_ms / 1000
@@ -210,6 +209,64 @@ pub fn run(settings: &Settings, bus: &CoreBus) -> Result<Provisioned, RunError> 
         );
         sleep_unless_signalled(Duration::from_millis(delay_ms))?;
     }
+}
+
+/// Takes an exclusive lock on the output folder for the whole run, so that
+/// two runs never share a checkpoint or race on the same files. The lock
+/// goes with the returned handle, and with the process if it dies.
+fn lock_output_dir(dir: &Path) -> Result<Flock<std::fs::File>, RunError> {
+    let folder = std::fs::File::open(dir).map_err(|source| OutputError::Read {
+        path: dir.to_owned(),
+        source,
+    })?;
+    Flock::lock(folder, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+        if errno == Errno::EWOULDBLOCK {
+            RunError::LocalIo(format!(
+                "another fleet-provisioning run is using {}; wait for it to finish",
+                dir.display()
+            ))
+        } else {
+            RunError::LocalIo(format!("locking {} failed: {errno}", dir.display()))
+        }
+    })
+}
+
+/// Checks the files this run will write before anything is sent, so that a
+/// problem found late does not waste an issued certificate: an existing
+/// certificate must be the one the checkpoint recorded, and an existing CSR
+/// file must hold a CSR.
+fn preflight(settings: &Settings) -> Result<(), RunError> {
+    if settings.cert_path.is_dir() {
+        return Err(OutputError::NotOurs {
+            path: settings.cert_path.clone(),
+            what: "certificate (it is a folder)",
+        }
+        .into());
+    }
+    if let Ok(existing) = std::fs::read(&settings.cert_path) {
+        let recorded = std::fs::read(progress::checkpoint_path(&settings.output_dir))
+            .ok()
+            .and_then(|bytes| checkpoint::decode(&bytes).ok())
+            .and_then(|record| record.issued)
+            .is_some_and(|issued| issued.certificate_pem.as_bytes() == existing.as_slice());
+        if !recorded {
+            return Err(OutputError::NotOurs {
+                path: settings.cert_path.clone(),
+                what: "certificate",
+            }
+            .into());
+        }
+    }
+    if let Ok(existing) = std::fs::read(&settings.csr_path) {
+        if !existing.starts_with(b"-----BEGIN CERTIFICATE REQUEST-----") {
+            return Err(OutputError::NotOurs {
+                path: settings.csr_path.clone(),
+                what: "certificate signing request",
+            }
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// What the checkpoint lets this attempt skip.
@@ -233,16 +290,6 @@ fn resume_point(settings: &Settings) -> Result<Resume, RunError> {
         Loaded::Absent => return Ok(Resume::Fresh),
         Loaded::Damaged => return adopt_key(settings, &path),
     };
-    if record.template_name.as_str() != settings.template_name {
-        log::warn!(
-            "the checkpoint {} is for template {}, not {}; starting over",
-            path.display(),
-            record.template_name.as_str(),
-            settings.template_name
-        );
-        output::remove_file_if_exists(&path)?;
-        return Ok(Resume::Fresh);
-    }
     let key_matches = match std::fs::read(&settings.key_path) {
         Ok(key_pem) => {
             let key_pem = zeroize::Zeroizing::new(key_pem);
@@ -257,6 +304,22 @@ fn resume_point(settings: &Settings) -> Result<Resume, RunError> {
         );
         output::remove_file_if_exists(&path)?;
         return Ok(Resume::Fresh);
+    }
+    if record.template_name.as_str() != settings.template_name {
+        // A certificate or thing of the old template is of no use, but the
+        // key is this tool's own and stays.
+        log::warn!(
+            "the checkpoint {} is for template {}, not {}; keeping the key and requesting \
+             a new certificate",
+            path.display(),
+            record.template_name.as_str(),
+            settings.template_name
+        );
+        record.template_name = checkpoint_template_name(settings)?;
+        record.issued = None;
+        record.thing_name = None;
+        progress::save(&path, &record)?;
+        return Ok(Resume::Key(record));
     }
     let Some(issued) = record.issued.clone() else {
         log::info!("resuming with the key in {}", settings.key_path.display());
@@ -289,6 +352,17 @@ fn resume_point(settings: &Settings) -> Result<Resume, RunError> {
     Ok(Resume::Key(record))
 }
 
+fn checkpoint_template_name(
+    settings: &Settings,
+) -> Result<heapless::String<MAX_TEMPLATE_NAME_LEN>, RunError> {
+    heapless::String::try_from(settings.template_name.as_str()).map_err(|_| {
+        RunError::LocalIo(format!(
+            "template name {:?} is longer than {MAX_TEMPLATE_NAME_LEN} bytes",
+            settings.template_name
+        ))
+    })
+}
+
 /// Continues after a damaged checkpoint. The checkpoint shows that this
 /// tool wrote the key beside it, so a valid EC P-256 key there is reused
 /// with a fresh CSR; without one the run starts from nothing.
@@ -300,8 +374,7 @@ fn adopt_key(settings: &Settings, path: &Path) -> Result<Resume, RunError> {
     let Ok(key_fingerprint) = keys::public_key_fingerprint(&key_pem) else {
         return Ok(Resume::Fresh);
     };
-    let template_name = heapless::String::try_from(settings.template_name.as_str())
-        .map_err(|_| RunError::LocalIo("template name too long for the checkpoint".into()))?;
+    let template_name = checkpoint_template_name(settings)?;
     let record = Checkpoint {
         key_fingerprint,
         template_name,
@@ -316,10 +389,50 @@ fn adopt_key(settings: &Settings, path: &Path) -> Result<Resume, RunError> {
     Ok(Resume::Key(record))
 }
 
-/// One attempt: resume from the checkpoint, connect, and provision.
+/// One attempt: resume from the checkpoint, connect, and provision. When
+/// RegisterThing rejects an ownership token recorded by an earlier run (it
+/// may have been used by a RegisterThing whose reply was lost), the attempt
+/// starts once more from a fresh CSR.
 fn attempt(settings: &Settings, bus: &CoreBus) -> Result<Provisioned, RunError> {
+    match attempt_once(settings, bus) {
+        Err(AttemptError::RecordedTokenRejected(error)) => {
+            log::warn!(
+                "RegisterThing rejected the ownership token recorded by the last run \
+                 ({error}); requesting a new certificate with a fresh CSR"
+            );
+            attempt_once(settings, bus).map_err(AttemptError::into_run_error)
+        }
+        result => result.map_err(AttemptError::into_run_error),
+    }
+}
+
+/// How one attempt failed.
+enum AttemptError {
+    /// Any failure but the next.
+    Run(RunError),
+    /// RegisterThing rejected a token that this attempt took from the
+    /// checkpoint; the checkpoint no longer holds it.
+    RecordedTokenRejected(RunError),
+}
+
+impl AttemptError {
+    fn into_run_error(self) -> RunError {
+        match self {
+            AttemptError::Run(error) | AttemptError::RecordedTokenRejected(error) => error,
+        }
+    }
+}
+
+impl From<RunError> for AttemptError {
+    fn from(error: RunError) -> Self {
+        AttemptError::Run(error)
+    }
+}
+
+fn attempt_once(settings: &Settings, bus: &CoreBus) -> Result<Provisioned, AttemptError> {
     let started = Instant::now();
     let resume = resume_point(settings)?;
+    let resumed_with_token = matches!(resume, Resume::Issued(..));
     let mut machine = Provisioner::new(
         &settings.template_name,
         settings.parameters.clone(),
@@ -337,7 +450,7 @@ fn attempt(settings: &Settings, bus: &CoreBus) -> Result<Provisioned, RunError> 
             // The cloud has done its part; no MQTT connection is needed.
             let mut platform = LinuxPlatform::new(settings, bus, started, Some(record));
             let certificate = issued.certificate();
-            platform.store_credentials(&certificate, &thing)?;
+            platform.finish(&certificate, &thing)?;
             return Ok(Provisioned {
                 thing_name: thing.thing_name.as_str().to_owned(),
                 certificate_id: certificate.certificate_id.as_str().to_owned(),
@@ -358,9 +471,11 @@ fn attempt(settings: &Settings, bus: &CoreBus) -> Result<Provisioned, RunError> 
         )),
     };
     if let Err(RunError::Rejected(failure)) = &result {
-        platform.forget_rejected_token(failure)?;
+        if platform.forget_rejected_token(failure)? && resumed_with_token {
+            return result.map_err(AttemptError::RecordedTokenRejected);
+        }
     }
-    result
+    Ok(result?)
 }
 
 /// Starts iotcored with the claim certificate and provisions through it.
@@ -493,21 +608,26 @@ impl<'a> LinuxPlatform<'a> {
     /// Drops the recorded certificate after RegisterThing rejected its
     /// ownership token, so that the next run requests a new certificate
     /// instead of presenting the same token again.
-    fn forget_rejected_token(&mut self, failure: &Failure) -> Result<(), RunError> {
+    /// Returns whether it dropped one.
+    fn forget_rejected_token(&mut self, failure: &Failure) -> Result<bool, RunError> {
         let Failure::Rejected {
             step: Step::RegisterThing,
             rejection,
         } = failure
         else {
-            return Ok(());
+            return Ok(false);
         };
+        // NOTE: AWS documents no error code list for RegisterThing; a code
+        // that names the token (InvalidCertificateOwnershipToken and the
+        // like) is taken to mean the token is spent or invalid.
         if !rejection.error_code.as_str().contains("Token") {
-            return Ok(());
+            return Ok(false);
         }
         if let Some(record) = self.checkpoint.as_mut() {
             record.issued = None;
         }
-        self.save_checkpoint()
+        self.save_checkpoint()?;
+        Ok(true)
     }
 
     /// Generates a new key, records its fingerprint before the key reaches
@@ -523,8 +643,7 @@ impl<'a> LinuxPlatform<'a> {
             .into());
         }
         let generated = keys::generate_key_and_csr(&settings.csr_common_name)?;
-        let template_name = heapless::String::try_from(settings.template_name.as_str())
-            .map_err(|_| RunError::LocalIo("template name too long for the checkpoint".into()))?;
+        let template_name = checkpoint_template_name(settings)?;
         self.checkpoint = Some(Checkpoint {
             key_fingerprint: keys::public_key_fingerprint(generated.private_key_pem.as_bytes())?,
             template_name,
@@ -544,6 +663,23 @@ impl<'a> LinuxPlatform<'a> {
             settings.csr_common_name
         );
         Ok(generated.csr_pem)
+    }
+
+    /// Records the thing, then writes the files and configuration and
+    /// removes the checkpoint.
+    fn finish(
+        &mut self,
+        certificate: &CertificateIssued,
+        thing: &ThingRegistered,
+    ) -> Result<(), RunError> {
+        if let Some(record) = self.checkpoint.as_mut() {
+            record.thing_name = Some(thing.thing_name.clone());
+        }
+        self.save_checkpoint()?;
+        failpoint("thing-recorded");
+        store_credentials(self.settings, self.bus, certificate, thing)?;
+        output::remove_file_if_exists(&self.checkpoint_path)?;
+        Ok(())
     }
 
     fn csr_for_existing_key(&self) -> Result<String, RunError> {
@@ -617,14 +753,7 @@ impl Platform for LinuxPlatform<'_> {
         thing: &ThingRegistered,
     ) -> Result<(), RunError> {
         log::info!("AWS IoT registered thing {}", thing.thing_name.as_str());
-        if let Some(record) = self.checkpoint.as_mut() {
-            record.thing_name = Some(thing.thing_name.clone());
-        }
-        self.save_checkpoint()?;
-        failpoint("thing-recorded");
-        store_credentials(self.settings, self.bus, certificate, thing)?;
-        output::remove_file_if_exists(&self.checkpoint_path)?;
-        Ok(())
+        self.finish(certificate, thing)
     }
 }
 

@@ -6,6 +6,7 @@
 //! written.
 
 use crate::corebus_client::{response_value, CoreBus, CoreBusClientError};
+use crate::keys;
 use crate::output::{resolve_owner, Owner};
 use clap::Parser;
 use fleet_provisioning_core::corebus::{self, GgError};
@@ -289,12 +290,17 @@ impl ConfigReader<'_> {
         self.read_text(&key_path)
     }
 
-    fn required_text(&self, name: &str) -> Result<String, SettingsError> {
+    /// Reads a required string; `flag` is the flag that can stand in for
+    /// it, if there is one.
+    fn required_text(&self, name: &str, flag: Option<&str>) -> Result<String, SettingsError> {
         self.component_text(name)?.ok_or_else(|| {
-            invalid(
-                Self::component_key(name),
-                "is missing or empty; set it in the Greengrass configuration or pass its flag",
-            )
+            let fix = match flag {
+                Some(flag) => format!(
+                    "is missing or empty; set it in the Greengrass configuration or pass {flag}"
+                ),
+                None => "is missing or empty; set it in the Greengrass configuration".to_owned(),
+            };
+            invalid(Self::component_key(name), fix)
         })
     }
 
@@ -315,9 +321,14 @@ impl ConfigReader<'_> {
                 _ => None,
             };
             number.ok_or_else(|| {
+                let found = match value {
+                    Object::I64(number) => format!("{number}"),
+                    Object::F64(number) => format!("{number}"),
+                    other => describe_type(&other).to_owned(),
+                };
                 invalid(
                     key.as_str(),
-                    format!("must be a whole number, but it is a {}", value.type_name()),
+                    format!("must be a whole number of 0 or more, but it is {found}"),
                 )
             })
         })
@@ -337,6 +348,19 @@ impl ConfigReader<'_> {
     }
 }
 
+/// Names the type of a configuration value in the words of JSON, which is
+/// how users write the configuration.
+fn describe_type(value: &Object<'_>) -> &'static str {
+    match value {
+        Object::Null => "null",
+        Object::Bool(_) => "a boolean",
+        Object::I64(_) | Object::F64(_) => "a number",
+        Object::Buf(_) => "a string",
+        Object::List(_) => "a list",
+        Object::Map(_) => "a map",
+    }
+}
+
 fn text_value(key: &str, value: Object<'_>) -> Result<String, SettingsError> {
     match value {
         Object::Buf(bytes) => {
@@ -344,7 +368,7 @@ fn text_value(key: &str, value: Object<'_>) -> Result<String, SettingsError> {
         }
         other => Err(invalid(
             key,
-            format!("must be a string, but it is a {}", other.type_name()),
+            format!("must be a string, but it is {}", describe_type(&other)),
         )),
     }
 }
@@ -370,8 +394,8 @@ fn parameters_from_map(key: &str, value: Object<'_>) -> Result<TemplateParameter
                 return Err(invalid(
                     format!("{key}/{name}"),
                     format!(
-                        "is a {}; template parameters must be strings, numbers or booleans",
-                        other.type_name()
+                        "is {}; template parameters must be strings, numbers or booleans",
+                        describe_type(&other)
                     ),
                 ))
             }
@@ -438,21 +462,94 @@ fn check_executable(key: &str, path: &Path) -> Result<(), SettingsError> {
     }
 }
 
+/// Checks a DNS host name as RFC 1123 defines it: dot-separated labels of 1
+/// to 63 letters, digits and hyphens, no hyphen at either end of a label,
+/// 253 bytes at most. A port or a trailing dot is not part of a host name.
 fn check_host_name(key: &str, host: &str) -> Result<(), SettingsError> {
-    let valid = host.len() <= 253
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b':');
-    if valid {
+    let valid_label = |label: &str| {
+        (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    if !host.is_empty() && host.len() <= 253 && host.split('.').all(valid_label) {
         Ok(())
     } else {
-        Err(invalid(key, format!("{host:?} is not a valid host name")))
+        Err(invalid(
+            key,
+            format!("{host:?} is not a valid host name (give the name alone, without a port)"),
+        ))
+    }
+}
+
+/// Checks flags that need no configuration, before the daemon is asked.
+fn check_flags(cli: &Cli) -> Result<(), SettingsError> {
+    if cli.connect_timeout == 0 || cli.response_timeout == 0 {
+        return Err(invalid(
+            "--connect-timeout / --response-timeout",
+            "must be at least 1 second",
+        ));
+    }
+    if let Some(count) = cli.max_attempts {
+        if !(1..=1000).contains(&count) {
+            return Err(invalid("--max-attempts", "must be 1 to 1000"));
+        }
+    }
+    Ok(())
+}
+
+/// Reads the PEM file at `path` and checks it with `check`.
+fn check_pem<E: fmt::Display>(
+    key: &str,
+    path: &Path,
+    check: impl FnOnce(&[u8]) -> Result<(), E>,
+) -> Result<(), SettingsError> {
+    let pem = zeroize::Zeroizing::new(
+        std::fs::read(path)
+            .map_err(|error| invalid(key, format!("cannot read {}: {error}", path.display())))?,
+    );
+    check(&pem).map_err(|error| invalid(key, format!("{} is not usable: {error}", path.display())))
+}
+
+/// Returns `path` made absolute, and fails unless it is UTF-8, because the
+/// configuration stores it as text.
+fn output_path(key: &str, path: &Path) -> Result<PathBuf, SettingsError> {
+    let absolute = std::path::absolute(path)
+        .map_err(|error| invalid(key, format!("{} is not usable: {error}", path.display())))?;
+    if absolute.to_str().is_none() {
+        return Err(invalid(
+            key,
+            format!(
+                "{} is not UTF-8, and the configuration stores paths as text",
+                absolute.display()
+            ),
+        ));
+    }
+    Ok(absolute)
+}
+
+/// Fails unless the folder of `path` exists, or is the output folder, which
+/// the run creates.
+fn check_parent_folder(key: &str, path: &Path, output_dir: &Path) -> Result<(), SettingsError> {
+    match path.parent() {
+        Some(parent) if parent == output_dir || parent.is_dir() => Ok(()),
+        Some(parent) => Err(invalid(
+            key,
+            format!("the folder {} does not exist", parent.display()),
+        )),
+        None => Err(invalid(
+            key,
+            format!("{} is not a file path", path.display()),
+        )),
     }
 }
 
 /// Reads and checks everything a run needs. The order of the reads follows
 /// Greengrass Lite's C tool: `claimCertPath`, then `system/certificateFilePath`.
 pub fn load(cli: &Cli, bus: &CoreBus) -> Result<Plan, SettingsError> {
+    check_flags(cli)?;
     let reader = ConfigReader { bus };
 
     let configured_claim_cert = reader.component_text("claimCertPath")?;
@@ -469,19 +566,19 @@ pub fn load(cli: &Cli, bus: &CoreBus) -> Result<Plan, SettingsError> {
     };
     let claim_key = match &cli.claim_key {
         Some(path) => path.clone(),
-        None => PathBuf::from(reader.required_text("claimKeyPath")?),
+        None => PathBuf::from(reader.required_text("claimKeyPath", Some("--claim-key"))?),
     };
     let root_ca = match &cli.root_ca_path {
         Some(path) => path.clone(),
-        None => PathBuf::from(reader.required_text("rootCaPath")?),
+        None => PathBuf::from(reader.required_text("rootCaPath", Some("--root-ca-path"))?),
     };
     let template_name = match &cli.template_name {
         Some(name) => name.clone(),
-        None => reader.required_text("templateName")?,
+        None => reader.required_text("templateName", Some("--template-name"))?,
     };
     let endpoint = match &cli.endpoint {
         Some(host) => host.clone(),
-        None => reader.required_text("iotDataEndpoint")?,
+        None => reader.required_text("iotDataEndpoint", Some("--endpoint"))?,
     };
     let csr_common_name = reader
         .component_text("csrCommonName")?
@@ -509,7 +606,7 @@ pub fn load(cli: &Cli, bus: &CoreBus) -> Result<Plan, SettingsError> {
             }
         },
     };
-    let cred_endpoint = reader.required_text("iotCredEndpoint")?;
+    let cred_endpoint = reader.required_text("iotCredEndpoint", None)?;
     let max_attempts = match cli.max_attempts {
         Some(count) => u64::from(count),
         None => reader
@@ -538,16 +635,31 @@ pub fn load(cli: &Cli, bus: &CoreBus) -> Result<Plan, SettingsError> {
         }
         check_readable_file(key, value)?;
     }
+    check_pem(
+        "--claim-cert / claimCertPath",
+        &claim_cert,
+        keys::check_certificate_pem,
+    )?;
+    check_pem(
+        "--claim-key / claimKeyPath",
+        &claim_key,
+        keys::check_private_key_pem,
+    )?;
+    check_pem(
+        "--root-ca-path / rootCaPath",
+        &root_ca,
+        keys::check_certificate_pem,
+    )?;
     fleet::register_thing_topic(&template_name)
         .map_err(|error| invalid("--template-name / templateName", error.to_string()))?;
     check_host_name("--endpoint / iotDataEndpoint", &endpoint)?;
     check_host_name("iotCredEndpoint", &cred_endpoint)?;
-    if csr_common_name.is_empty() || csr_common_name.len() > 64 {
-        return Err(invalid(
+    keys::validate_common_name(&csr_common_name).map_err(|error| {
+        invalid(
             ConfigReader::component_key("csrCommonName"),
-            "must be 1 to 64 bytes long (the X.509 limit for a common name)",
-        ));
-    }
+            error.to_string(),
+        )
+    })?;
 
     let output_dir = cli
         .output_dir
@@ -607,18 +719,35 @@ pub fn load(cli: &Cli, bus: &CoreBus) -> Result<Plan, SettingsError> {
     if transport == TransportKind::Iotcored {
         check_executable("--iotcored-path", &iotcored_path)?;
     }
-    if cli.connect_timeout == 0 || cli.response_timeout == 0 {
-        return Err(invalid(
-            "--connect-timeout / --response-timeout",
-            "must be at least 1 second",
-        ));
+    // The configuration records these paths for other daemons, whose working
+    // folder differs, so they are made absolute, and they must be text.
+    let output_dir = output_path("--output-dir", &output_dir)?;
+    let key_path = output_path(
+        "keyPath",
+        &key_path.map_or_else(|| output_dir.join("priv_key"), PathBuf::from),
+    )?;
+    let cert_path = output_path(
+        "certPath",
+        &cert_path.map_or_else(|| output_dir.join("certificate.pem"), PathBuf::from),
+    )?;
+    let csr_path = output_path(
+        "csrPath",
+        &csr_path.map_or_else(|| output_dir.join("cert_req.pem"), PathBuf::from),
+    )?;
+    let root_ca_copy = output_dir.join("AmazonRootCA.pem");
+    for (key, path) in [
+        ("keyPath", &key_path),
+        ("certPath", &cert_path),
+        ("csrPath", &csr_path),
+    ] {
+        check_parent_folder(key, path, &output_dir)?;
     }
 
     Ok(Plan::Provision(Box::new(Settings {
-        key_path: key_path.map_or_else(|| output_dir.join("priv_key"), PathBuf::from),
-        cert_path: cert_path.map_or_else(|| output_dir.join("certificate.pem"), PathBuf::from),
-        csr_path: csr_path.map_or_else(|| output_dir.join("cert_req.pem"), PathBuf::from),
-        root_ca_copy: output_dir.join("AmazonRootCA.pem"),
+        key_path,
+        cert_path,
+        csr_path,
+        root_ca_copy,
         output_dir,
         claim_cert,
         claim_key,
