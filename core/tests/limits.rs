@@ -181,7 +181,7 @@ fn limits_are_inclusive() {
 #[test]
 fn declared_oversize_is_rejected_from_prelude() {
     // A reader learns the length from the prelude, before reading the rest,
-    // so the limit holds without buffering an oversized frame.
+    // so the limit applies without buffering an oversized frame.
     let oversized = frame(&[], &vec![0u8; MAX_FRAME_LEN + 1 - FRAME_OVERHEAD]);
     assert_eq!(
         eventstream::frame_len(&oversized[..PRELUDE_LEN]),

@@ -83,7 +83,7 @@ fn buffer_types_hold_only_their_capacities() {
             size_of::<TemplateParameters>(),
             parameters_bound,
         ),
-        // The largest variant holds a rejection, and the others are small.
+        // The largest variant contains a rejection, and the others are small.
         ("Failure", size_of::<Failure>(), rejection_bound + 2 * WORD),
         (
             "Checkpoint",

@@ -9,9 +9,12 @@
 //!   same action, and `is_finished` is true exactly then;
 //! - a certificate to record or store is the one `certificate` returns;
 //! - every publish is valid JSON on a request topic, within
-//!   `MAX_REQUEST_PAYLOAD_LEN`;
+//!   `MAX_REQUEST_PAYLOAD_LEN`, and RegisterThing carries the parameters
+//!   the machine was given;
 //! - `Done` comes only after `StoreCredentials` and `CredentialsStored`.
 #![no_main]
+
+use std::collections::BTreeMap;
 
 use fleet_provisioning_core::fleet::{
     self, CertificateIssued, TemplateParameters, ThingRegistered, CREATE_CERTIFICATE_FILTER,
@@ -20,6 +23,7 @@ use fleet_provisioning_core::fleet::{
 use fleet_provisioning_core::machine::{Action, Event, Failure, Provisioner, Step, Timeouts};
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
+use serde::Deserialize;
 
 const TEMPLATE: &str = "FleetTemplate";
 const CSR: &str = "-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n";
@@ -44,7 +48,7 @@ const PAYLOADS: [&[u8]; 4] = [
     b"{}",
 ];
 
-/// What an action was, owned, so that the machine can be fed again.
+/// An owned copy of an action, kept while the machine is fed again.
 #[derive(Debug, Clone, PartialEq)]
 enum Outcome {
     GenerateKeyAndCsr,
@@ -101,6 +105,10 @@ fn run(input: &mut Unstructured<'_>) -> Result<()> {
         connect_ms: input.int_in_range(0..=100)?,
         response_ms: input.int_in_range(0..=100)?,
     };
+    let expected_parameters: BTreeMap<String, String> = parameters
+        .iter()
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .collect();
     let mut machine =
         Provisioner::new(TEMPLATE, parameters, timeouts).expect("the template name is valid");
     if input.ratio(1, 8)? {
@@ -167,7 +175,9 @@ fn run(input: &mut Unstructured<'_>) -> Result<()> {
                     "unexpected filter {filter}"
                 );
             }
-            Outcome::Publish(topic, payload, step) => check_publish(topic, payload, *step),
+            Outcome::Publish(topic, payload, step) => {
+                check_publish(topic, payload, *step, &expected_parameters)
+            }
             Outcome::RecordCertificate(certificate) => {
                 assert_eq!(machine.certificate(), Some(certificate));
             }
@@ -207,14 +217,37 @@ fn next_time(input: &mut Unstructured<'_>, now_ms: u64) -> Result<u64> {
     }
 }
 
-fn check_publish(topic: &str, payload: &[u8], step: Step) {
+/// The `CreateCertificateFromCsr` request as `serde_json` reads it.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CreateCertificateRequest {
+    certificate_signing_request: String,
+}
+
+/// The `RegisterThing` request as `serde_json` reads it. Typed structs, not
+/// `serde_json::Value`, read the requests, because with the `raw_value`
+/// feature `Value` treats the key `$serde_json::private::RawValue` as a
+/// marker, which a template parameter may legitimately be named.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RegisterThingRequest {
+    certificate_ownership_token: String,
+    parameters: BTreeMap<String, String>,
+}
+
+fn check_publish(
+    topic: &str,
+    payload: &[u8],
+    step: Step,
+    expected_parameters: &BTreeMap<String, String>,
+) {
     assert!(payload.len() <= MAX_REQUEST_PAYLOAD_LEN);
-    let value: serde_json::Value =
-        serde_json::from_slice(payload).expect("the request is valid JSON");
     match step {
         Step::CreateCertificate => {
             assert_eq!(topic, CREATE_CERTIFICATE_TOPIC);
-            assert!(value.get("certificateSigningRequest").is_some());
+            let request: CreateCertificateRequest =
+                serde_json::from_slice(payload).expect("the request is valid JSON");
+            assert!(!request.certificate_signing_request.is_empty());
         }
         Step::RegisterThing => {
             assert_eq!(topic, REGISTER_TOPIC);
@@ -224,8 +257,10 @@ fn check_publish(topic: &str, payload: &[u8], step: Step) {
                     .expect("valid template")
                     .as_str()
             );
-            assert!(value.get("certificateOwnershipToken").is_some());
-            assert!(value.get("parameters").is_some_and(|p| p.is_object()));
+            let request: RegisterThingRequest =
+                serde_json::from_slice(payload).expect("the request is valid JSON");
+            assert!(!request.certificate_ownership_token.is_empty());
+            assert_eq!(&request.parameters, expected_parameters);
         }
     }
 }
