@@ -415,6 +415,19 @@ pub fn resolve_owner(spec: &str) -> Result<Owner, OutputError> {
     })
 }
 
+/// Treats the errors that getpwnam(3) and getgrnam(3) allow for "no such
+/// entry" as no entry. glibc returns ENOENT, for one, on a root file system
+/// without /etc/passwd, where a numeric `--owner` must still work.
+fn entry_or_none<T>(result: nix::Result<Option<T>>) -> nix::Result<Option<T>> {
+    match result {
+        Err(nix::errno::Errno::ENOENT)
+        | Err(nix::errno::Errno::ESRCH)
+        | Err(nix::errno::Errno::EBADF)
+        | Err(nix::errno::Errno::EPERM) => Ok(None),
+        other => other,
+    }
+}
+
 /// Looks up a user by name, then as a numeric id. Returns the uid, the
 /// name, and the login group id when the user has an entry.
 fn resolve_user(name: &str) -> Result<(u32, String, Option<u32>), OutputError> {
@@ -423,14 +436,14 @@ fn resolve_user(name: &str) -> Result<(u32, String, Option<u32>), OutputError> {
         source: io::Error::from(source),
     };
 
-    if let Some(user) = User::from_name(name).map_err(lookup_error)? {
+    if let Some(user) = entry_or_none(User::from_name(name)).map_err(lookup_error)? {
         return Ok((user.uid.as_raw(), user.name, Some(user.gid.as_raw())));
     }
 
     let uid = parse_id(name).ok_or_else(|| OutputError::UnknownUser {
         name: name.to_owned(),
     })?;
-    match User::from_uid(Uid::from_raw(uid)).map_err(lookup_error)? {
+    match entry_or_none(User::from_uid(Uid::from_raw(uid))).map_err(lookup_error)? {
         Some(user) => Ok((uid, user.name, Some(user.gid.as_raw()))),
         None => Ok((uid, uid.to_string(), None)),
     }
@@ -444,7 +457,7 @@ fn resolve_group(name: &str) -> Result<(u32, String), OutputError> {
         source: io::Error::from(source),
     };
 
-    if let Some(group) = Group::from_name(name).map_err(lookup_error)? {
+    if let Some(group) = entry_or_none(Group::from_name(name)).map_err(lookup_error)? {
         return Ok((group.gid.as_raw(), group.name));
     }
 
@@ -457,7 +470,7 @@ fn resolve_group(name: &str) -> Result<(u32, String), OutputError> {
 /// Returns the name of the group with id `gid`, or the decimal id when no
 /// group has it.
 fn group_name_for_gid(gid: u32) -> Result<String, OutputError> {
-    match Group::from_gid(Gid::from_raw(gid)) {
+    match entry_or_none(Group::from_gid(Gid::from_raw(gid))) {
         Ok(Some(group)) => Ok(group.name),
         Ok(None) => Ok(gid.to_string()),
         Err(source) => Err(OutputError::OwnerLookup {
