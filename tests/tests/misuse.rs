@@ -86,8 +86,10 @@ fn stalling_config_daemon_honours_sigterm() {
     let output = child.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(143), "log:\n{log}");
+    // Not a speed target: ending before the call's 10 s deadline shows the
+    // signal ended the wait, not the deadline.
     assert!(
-        signalled.elapsed() < Duration::from_secs(5),
+        signalled.elapsed() < Duration::from_secs(8),
         "SIGTERM took {:?} to take effect",
         signalled.elapsed()
     );
