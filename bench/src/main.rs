@@ -9,6 +9,9 @@
 //! - `measure-one --log FILE [--traced] -- PROGRAM ARGS...`: one measured
 //!   run, in a process of its own; `run` calls it.
 //! - `exec-stopped PROGRAM ARGS...`: the traced mode's first step.
+//!
+//! With `FLEET_PROVISIONING_BENCH_SMAPS_DIR=DIR`, the traced runs copy each
+//! process's `/proc/PID/smaps` into DIR at its exit.
 #![forbid(unsafe_code)]
 
 mod provisioning;

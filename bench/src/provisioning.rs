@@ -208,9 +208,17 @@ pub fn run(options: &Options) -> Result<String, String> {
         }
     }
     let mut traced: Vec<Vec<RunRecord>> = transports.iter().map(|_| Vec::new()).collect();
-    for _ in 0..options.memory_runs {
+    'memory: for _ in 0..options.memory_runs {
         for (index, &transport) in transports.iter().enumerate() {
-            let record = bench.run_once(transport, Mode::Traced)?;
+            // ptrace may be forbidden (seccomp, Yama); the other numbers
+            // stand without the per-process peaks.
+            let record = match bench.run_once(transport, Mode::Traced) {
+                Ok(record) => record,
+                Err(message) => {
+                    eprintln!("bench: the traced run failed, so VmHWM is not measured: {message}");
+                    break 'memory;
+                }
+            };
             if let Some(records) = traced.get_mut(index) {
                 records.push(record);
             }
@@ -236,9 +244,42 @@ pub fn run(options: &Options) -> Result<String, String> {
     let mut markdown = String::new();
     write_wall_times(&mut markdown, options, &transports, &timed);
     write_steps(&mut markdown, &transports, &timed);
-    write_memory(&mut markdown, &transports, &timed, &traced);
+    let floor = if traced.iter().any(|records| !records.is_empty()) {
+        Some(start_up_floor(&bench.work, &options.fleet_provisioning)?)
+    } else {
+        None
+    };
+    write_memory(&mut markdown, &transports, &timed, &traced, floor.as_ref());
     write_allocations(&mut markdown, &allocations);
     Ok(markdown)
+}
+
+/// Measures `fleet-provisioning --version` in the traced mode: the memory
+/// that start-up alone takes.
+fn start_up_floor(work: &Path, binary: &Path) -> Result<PeakRecord, String> {
+    let runner = std::env::current_exe()
+        .map_err(|error| format!("finding this executable failed: {error}"))?;
+    let output = Command::new(runner)
+        .args(["measure-one", "--log"])
+        .arg(work.join("version.log"))
+        .args(["--traced", "--"])
+        .arg(binary)
+        .arg("--version")
+        .output()
+        .map_err(|error| format!("starting the runner failed: {error}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "the runner failed on --version ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let report: Value = serde_json::from_slice(&output.stdout)
+        .map_err(|error| format!("the runner's report is not JSON: {error}"))?;
+    peaks_of(&report)
+        .into_iter()
+        .next()
+        .ok_or_else(|| "the runner recorded no process for --version".to_owned())
 }
 
 /// Returns whether `--help` lists `--transport`.
@@ -429,7 +470,20 @@ fn record_of(transport: Transport, report: &Value, log: String) -> RunRecord {
         _ => None,
     };
 
-    let peaks = report["processes"]
+    let peaks = peaks_of(report);
+    RunRecord {
+        wall_ms: end_ns.saturating_sub(start_ns) as f64 / 1e6,
+        max_rss_kib: report["max_rss_kib"].as_f64().unwrap_or(0.0),
+        peaks,
+        steps_ms,
+        connect_ms,
+        log,
+    }
+}
+
+/// Reads the per-process peaks of a runner report.
+fn peaks_of(report: &Value) -> Vec<PeakRecord> {
+    report["processes"]
         .as_array()
         .map(|processes| {
             processes
@@ -442,15 +496,7 @@ fn record_of(transport: Transport, report: &Value, log: String) -> RunRecord {
                 })
                 .collect()
         })
-        .unwrap_or_default();
-    RunRecord {
-        wall_ms: end_ns.saturating_sub(start_ns) as f64 / 1e6,
-        max_rss_kib: report["max_rss_kib"].as_f64().unwrap_or(0.0),
-        peaks,
-        steps_ms,
-        connect_ms,
-        log,
-    }
+        .unwrap_or_default()
 }
 
 /// Parses the tool's stamped log lines, `[  812.004215] message`, into
@@ -640,6 +686,7 @@ fn write_memory(
     transports: &[Transport],
     timed: &[Vec<RunRecord>],
     traced: &[Vec<RunRecord>],
+    floor: Option<&PeakRecord>,
 ) {
     let _ = writeln!(out, "### Peak RSS\n");
     let _ = writeln!(
@@ -667,10 +714,15 @@ fn write_memory(
             .iter()
             .flat_map(|record| record.peaks.iter().map(|peak| peak.name.as_str()))
             .collect();
+        // The kernel cuts the tool's name to 15 bytes. Its row stays, with
+        // `ru_maxrss`, when no traced run recorded it.
+        if !names.iter().any(|name| is_tool_name(name)) {
+            names.push(TOOL_COMM);
+        }
         names.sort_unstable();
         names.dedup();
-        // The tool first; the kernel cuts its name to 15 bytes.
-        names.sort_by_key(|name| !name.starts_with("fleet-provisio"));
+        // The tool first.
+        names.sort_by_key(|name| !is_tool_name(name));
         for name in names {
             let peaks: Vec<&PeakRecord> = traced_records
                 .iter()
@@ -678,9 +730,11 @@ fn write_memory(
                 .collect();
             let median = |field: fn(&PeakRecord) -> f64| {
                 let values: Vec<f64> = peaks.iter().map(|peak| field(peak)).collect();
-                summarize(&values).map_or(0.0, |summary| summary.median)
+                summarize(&values).map_or("not measured".to_owned(), |summary| {
+                    mebibytes(summary.median)
+                })
             };
-            let is_tool = name.starts_with("fleet-provisio");
+            let is_tool = is_tool_name(name);
             let shown_name = if is_tool { "fleet-provisioning" } else { name };
             let rusage = if is_tool {
                 range_text(summarize(&max_rss))
@@ -693,16 +747,32 @@ fn write_memory(
                 "| `{}` | {shown_name} | {} | {} / {} | {rusage} |",
                 transport.name(),
                 range_text(summarize(&hwm)),
-                mebibytes(median(|peak| peak.rss_anon_kib)),
-                mebibytes(median(|peak| peak.rss_file_kib)),
+                median(|peak| peak.rss_anon_kib),
+                median(|peak| peak.rss_file_kib),
             );
         }
+    }
+    if let Some(floor) = floor {
+        let _ = writeln!(
+            out,
+            "| none (`--version`) | fleet-provisioning | {} | {} / {} |  |",
+            mebibytes(floor.vm_hwm_kib),
+            mebibytes(floor.rss_anon_kib),
+            mebibytes(floor.rss_file_kib)
+        );
     }
     let _ = writeln!(
         out,
         "\nGreengrass Lite 2.6.0's C tool peaked at {C_TOOL_RSS_MB} MB and its iotcored at \
          {C_IOTCORED_RSS_MB} MB on the same kind of bed.\n"
     );
+}
+
+/// The tool's name in `/proc/PID/comm`: the kernel keeps 15 bytes.
+const TOOL_COMM: &str = "fleet-provision";
+
+fn is_tool_name(name: &str) -> bool {
+    name == TOOL_COMM
 }
 
 fn range_text(summary: Option<Summary>) -> String {

@@ -162,7 +162,9 @@ impl Iotcored {
                     log::debug!("iotcored stopped: {status}");
                     return;
                 }
-                Ok(None) => thread::sleep(Duration::from_millis(10)),
+                // Each run waits up to one poll interval past iotcored's
+                // exit, so the interval is short; polling is cheap.
+                Ok(None) => thread::sleep(Duration::from_millis(1)),
                 Err(_) => break,
             }
         }

@@ -155,8 +155,8 @@ fn target_dir() -> PathBuf {
     }
 }
 
-/// What bounds the numbers, from profiling with strace and
-/// `/proc/PID/smaps` on the machine and date it names.
+/// Analysis of the limits behind the numbers, from profiling with strace
+/// and `/proc/PID/smaps` on the machine and date it names.
 const BOUNDS: &str = "### What bounds these numbers
 
 Found by profiling on 2026-12-04 (strace timings, `/proc/PID/smaps` at exit, \
@@ -165,30 +165,37 @@ from the run above.
 
 - Round trips on the bed: mosquitto runs with `set_tcp_nodelay true`. With \
   Nagle's algorithm on (mosquitto's default), a reply PUBLISH written right after \
-  a PUBACK waited for the client's delayed ACK, about 40 ms per round trip; the \
-  iotcored run's median went from 199 ms to 110 ms with the change. The iotcored \
+  a PUBACK waited for the client's delayed ACK, so the CreateCertificateFromCsr \
+  and RegisterThing round trips took about 44 ms each instead of about 1 ms, and \
+  the iotcored run's median was 199 ms instead of 110 ms (both at a load \
+  average of 6 to 10). The iotcored \
   stand-in keeps rumqttc's default (Nagle on), so a SUBSCRIBE that follows a \
   PUBACK can still wait for the broker's delayed ACK, inside the step \
   \"Certificate check, checkpoint, RegisterThing subscription\".
 - Durability: a run calls fsync about 14 times. Each file goes to a temporary \
   file that is synced, renamed and followed by a sync of its folder, and the \
   checkpoint is saved the same way after each step. One fsync took 0.2 to 11 ms \
-  here, so the key step (about 2 ms of it is Mbed TLS, see the key generation \
+  here (under strace, on a loaded machine), so the key step (about 2 ms of it is Mbed TLS, see the key generation \
   table) and the file writes are bounded by the storage, not the CPU.
-- Stopping iotcored: the tool sends SIGTERM and polls for the exit every 10 ms, \
-  so that step takes up to one poll interval more than the stand-in needs.
-- Peak RSS of the tool: the file-backed part dominates. The kernel maps \
-  page-cache pages around each fault (fault-around), so most of the executable \
-  (1.2 MiB resident of 1.3 MiB) and of glibc (1.5 to 1.7 MiB) count, although \
-  every process that maps them shares those pages. The anonymous part is about \
-  0.6 MiB, of which 0.28 MiB is the main thread's stack: the core keeps its \
-  buffers in fixed-capacity values (a `Provisioner` is about 50 KB) that are \
-  moved by value. With a numeric `--owner`, glibc first looks the id up as a name \
+- Stopping iotcored: the tool sends SIGTERM and polls for the exit. With a \
+  10 ms interval this step took 10.4 ms of a 32.4 ms median run on a quiet \
+  machine; the interval is now 1 ms.
+- Peak RSS of the tool: the file-backed part dominates, and \
+  `fleet-provisioning --version` alone reaches about 2.5 MiB (the row \
+  \"none\" above). The kernel maps page-cache pages around each fault \
+  (fault-around), so most of the executable (1.2 MiB resident of 1.3 MiB) and of \
+  glibc (1.5 to 1.7 MiB) count, although every process that maps them shares \
+  those pages. The anonymous part of a run is 0.5 to 0.6 MiB. In one run, \
+  0.28 MiB of it was the main thread's stack (0.1 MiB with `--version`). Large \
+  stack frames, which Rust's stack probes touch page by page, would explain it, \
+  for example frames that hold the core's fixed-capacity values (a \
+  `Provisioner` is about 50 KB); this was not traced further. \
+  With a numeric `--owner`, glibc first looks the id up as a name \
   in every NSS source and loads libnss_systemd with libm and libcap, about \
   0.5 MiB more; this benchmark passes user and group names, as a device does.
-- Heap: most `malloc` calls come from Mbed TLS bignum arithmetic, which is why \
-  valgrind counts about 17 times the Rust allocations with iotcored; the direct \
-  transport's TLS handshake runs in the tool and adds the rest.
+- Heap: valgrind counts more than ten times as many `malloc` calls as the Rust \
+  counter, because Mbed TLS is C and allocates through `calloc`; the direct \
+  transport's TLS handshake runs in the tool's own process and adds the rest.
 ";
 
 /// Packages of every build and `cargo bench` call here. Cargo unifies the
@@ -284,10 +291,9 @@ fn describe_machine() -> Result<Machine, String> {
         .ok()
         .and_then(|text| text.split_whitespace().next().map(str::to_owned))
         .unwrap_or_else(|| "unknown".to_owned());
-    let rustc = command_line_output(Command::new(
-        env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned()),
-    )
-    .arg("--version"))?;
+    let rustc = command_line_output(
+        Command::new(env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned())).arg("--version"),
+    )?;
     let date = command_line_output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))?;
     Ok(Machine {
         description: format!(
@@ -341,10 +347,7 @@ fn write_sizes(out: &mut String, sizes: &[(String, Option<u64>)]) {
     let _ = writeln!(out, "| Target | Size |\n|---|---|");
     for (triple, size) in sizes {
         let shown = match size {
-            Some(bytes) => format!(
-                "{bytes} bytes ({:.2} MiB)",
-                *bytes as f64 / 1024.0 / 1024.0
-            ),
+            Some(bytes) => format!("{bytes} bytes ({:.2} MiB)", *bytes as f64 / 1024.0 / 1024.0),
             None => "not built".to_owned(),
         };
         let _ = writeln!(out, "| `{triple}` | {shown} |");
@@ -355,7 +358,9 @@ fn write_sizes(out: &mut String, sizes: &[(String, Option<u64>)]) {
 /// Reads the median of `--transport NAME` from the wall time table.
 fn wall_median_ms(provisioning: &str, transport: &str) -> Option<f64> {
     let prefix = format!("| `--transport {transport}` | ");
-    let line = provisioning.lines().find(|line| line.starts_with(&prefix))?;
+    let line = provisioning
+        .lines()
+        .find(|line| line.starts_with(&prefix))?;
     let median = line.strip_prefix(&prefix)?.split(" ms").next()?;
     median.trim().parse().ok()
 }
@@ -367,7 +372,8 @@ fn tool_rss_mib(provisioning: &str) -> Vec<(String, f64)> {
         .filter_map(|line| {
             let cells: Vec<&str> = line.split('|').map(str::trim).collect();
             match cells.as_slice() {
-                ["", transport, "fleet-provisioning", peak, ..] => {
+                // Transport rows only, not the `--version` row.
+                ["", transport, "fleet-provisioning", peak, ..] if transport.starts_with('`') => {
                     let mib = peak.split(" MiB").next()?.parse().ok()?;
                     Some(((*transport).to_owned(), mib))
                 }
@@ -486,10 +492,8 @@ mod tests {
     #[test]
     fn tool_rss_is_read_from_the_table() {
         let table = "| `iotcored` | fleet-provisioning | 2.50 MiB (2.40–2.60) | 9.00 MiB |\n\
-                     | `iotcored` | iotcored | 9.00 MiB (8.00–9.00) |  |\n";
-        assert_eq!(
-            tool_rss_mib(table),
-            vec![("`iotcored`".to_owned(), 2.5)]
-        );
+                     | `iotcored` | iotcored | 9.00 MiB (8.00–9.00) |  |\n\
+                     | none (`--version`) | fleet-provisioning | 2.00 MiB |  |\n";
+        assert_eq!(tool_rss_mib(table), vec![("`iotcored`".to_owned(), 2.5)]);
     }
 }
