@@ -44,6 +44,41 @@ pub struct TestBed {
     dir: tempfile::TempDir,
 }
 
+/// The MQTT transport a test runs the tool with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// `--transport iotcored`, the default: through the iotcored stand-in.
+    Iotcored,
+    /// `--transport direct`: MQTT from the tool itself.
+    Direct,
+}
+
+/// Defines each test once per transport: `NAME::iotcored` and
+/// `NAME::direct` run the same body with [`Via`] set accordingly. The
+/// calling module must have `Via` in scope.
+#[macro_export]
+macro_rules! transport_tests {
+    ($(fn $name:ident($via:ident) $body:block)*) => {
+        $(
+            mod $name {
+                use super::*;
+
+                fn body($via: Via) $body
+
+                #[test]
+                fn iotcored() {
+                    body(Via::Iotcored)
+                }
+
+                #[test]
+                fn direct() {
+                    body(Via::Direct)
+                }
+            }
+        )*
+    };
+}
+
 /// What one run of `fleet-provisioning` did.
 #[derive(Debug)]
 pub struct RunResult {
@@ -83,6 +118,16 @@ impl TestBed {
             extra_args: Vec::new(),
             dir,
         })
+    }
+
+    /// Starts a bed as [`TestBed::start`] does, with every run going
+    /// through the transport `via`.
+    pub fn start_via(serial: &str, iotcored: &Path, via: Via) -> Result<TestBed, String> {
+        let mut bed = TestBed::start(serial, iotcored)?;
+        if via == Via::Direct {
+            bed.use_direct_transport();
+        }
+        Ok(bed)
     }
 
     /// Makes every later run connect to the broker itself

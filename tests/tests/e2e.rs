@@ -2,8 +2,9 @@
 //! loopback test bed: mosquitto with mutual TLS, the IoT Core emulator, the
 //! `gg_config` and iotcored stand-ins.
 
-use fleet_provisioning_testbed::bed::{run_command, TestBed, TEMPLATE_NAME};
+use fleet_provisioning_testbed::bed::{run_command, TestBed, Via, TEMPLATE_NAME};
 use fleet_provisioning_testbed::emulator::{Api, Fault};
+use fleet_provisioning_testbed::transport_tests;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::json;
@@ -17,46 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// The MQTT transports every end-to-end test runs with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Via {
-    /// `--transport iotcored`, the default: through the iotcored stand-in.
-    Iotcored,
-    /// `--transport direct`: MQTT from the tool itself.
-    Direct,
-}
-
 fn start_bed(serial: &str, via: Via) -> TestBed {
-    let mut bed =
-        TestBed::start(serial, Path::new(env!("CARGO_BIN_EXE_iotcored"))).expect("test bed starts");
-    if via == Via::Direct {
-        bed.use_direct_transport();
-    }
-    bed
-}
-
-/// Defines each test once per transport: `NAME::iotcored` and
-/// `NAME::direct` run the same body with [`Via`] set accordingly.
-macro_rules! transport_tests {
-    ($(fn $name:ident($via:ident) $body:block)*) => {
-        $(
-            mod $name {
-                use super::*;
-
-                fn body($via: Via) $body
-
-                #[test]
-                fn iotcored() {
-                    body(Via::Iotcored)
-                }
-
-                #[test]
-                fn direct() {
-                    body(Via::Direct)
-                }
-            }
-        )*
-    };
+    TestBed::start_via(serial, Path::new(env!("CARGO_BIN_EXE_iotcored")), via)
+        .expect("test bed starts")
 }
 
 fn openssl(args: &[&str]) -> (bool, String) {

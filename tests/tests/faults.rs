@@ -2,52 +2,16 @@
 //! broken surroundings. Each case ends with either a provisioned device
 //! (with exactly one certificate issued) or a clean, retryable state.
 
-use fleet_provisioning_testbed::bed::{RunResult, TestBed};
+use fleet_provisioning_testbed::bed::{run_command, RunResult, TestBed, Via};
 use fleet_provisioning_testbed::emulator::{Api, Fault};
+use fleet_provisioning_testbed::transport_tests;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// The MQTT transports every fault test runs with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Via {
-    /// `--transport iotcored`, the default: through the iotcored stand-in.
-    Iotcored,
-    /// `--transport direct`: MQTT from the tool itself.
-    Direct,
-}
-
 fn start_bed(serial: &str, via: Via) -> TestBed {
-    let mut bed =
-        TestBed::start(serial, Path::new(env!("CARGO_BIN_EXE_iotcored"))).expect("test bed starts");
-    if via == Via::Direct {
-        bed.use_direct_transport();
-    }
-    bed
-}
-
-/// Defines each test once per transport: `NAME::iotcored` and
-/// `NAME::direct` run the same body with [`Via`] set accordingly.
-macro_rules! transport_tests {
-    ($(fn $name:ident($via:ident) $body:block)*) => {
-        $(
-            mod $name {
-                use super::*;
-
-                fn body($via: Via) $body
-
-                #[test]
-                fn iotcored() {
-                    body(Via::Iotcored)
-                }
-
-                #[test]
-                fn direct() {
-                    body(Via::Direct)
-                }
-            }
-        )*
-    };
+    TestBed::start_via(serial, Path::new(env!("CARGO_BIN_EXE_iotcored")), via)
+        .expect("test bed starts")
 }
 
 /// Flags that keep retries fast in tests.
@@ -59,15 +23,7 @@ fn run_with_env(bed: &TestBed, extra: &[&str], env: &[(&str, &str)]) -> RunResul
     for (name, value) in env {
         command.env(name, value);
     }
-    let output = command.output().expect("fleet-provisioning starts");
-    RunResult {
-        code: output.status.code(),
-        log: format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ),
-    }
+    run_command(&mut command)
 }
 
 fn run(bed: &TestBed, extra: &[&str]) -> RunResult {
