@@ -14,7 +14,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::{cargo, ensure_test_bed_packages, run, workspace_root};
+use crate::{cargo, ensure_test_bed_packages, run, target_dir, workspace_root};
 
 /// Start of the section this command owns in BENCHMARKS.md.
 const BEGIN_MARKER: &str = "<!-- bench:begin -->";
@@ -138,21 +138,6 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     write_section(&workspace_root().join("BENCHMARKS.md"), &section)?;
     eprintln!("xtask: wrote the benchmark section of BENCHMARKS.md");
     Ok(())
-}
-
-/// Cargo's target folder: `CARGO_TARGET_DIR` or `target` in the workspace.
-fn target_dir() -> PathBuf {
-    match env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => {
-            let dir = PathBuf::from(dir);
-            if dir.is_absolute() {
-                dir
-            } else {
-                workspace_root().join(dir)
-            }
-        }
-        None => workspace_root().join("target"),
-    }
 }
 
 /// Analysis of the limits behind the numbers, from profiling with strace

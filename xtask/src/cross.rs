@@ -29,7 +29,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{cargo, ensure_test_bed_packages, is_root, package_installed, run, workspace_root};
+use crate::{apt_install, cargo, ensure_test_bed_packages, is_root, package_installed, run};
 
 const USAGE: &str = "usage: cargo xtask cross --target aarch64|armv7 [--static] [--test]
 
@@ -263,22 +263,8 @@ fn ensure_packages(arch: Arch) -> Result<(), String> {
             missing.join(" ")
         ));
     }
-    if foreign_arch_missing {
-        run(Command::new("dpkg").args(["--add-architecture", arch.debian_arch]))?;
-    }
     eprintln!("xtask: installing {}", missing.join(" "));
-    // Another apt-get may hold the lock; wait for it instead of failing.
-    run(Command::new("apt-get").args(["-o", "DPkg::Lock::Timeout=600", "update"]))?;
-    run(Command::new("apt-get")
-        .args([
-            "-o",
-            "DPkg::Lock::Timeout=600",
-            "install",
-            "-y",
-            "--no-install-recommends",
-        ])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    apt_install(&missing, foreign_arch_missing.then_some(arch.debian_arch))
 }
 
 fn foreign_architectures() -> Vec<String> {
@@ -294,22 +280,6 @@ fn foreign_architectures() -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Returns the folder that contains every cargo target folder: `CARGO_TARGET_DIR`
-/// when set, else `target` in the workspace.
-fn target_base() -> PathBuf {
-    match env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => {
-            let dir = PathBuf::from(dir);
-            if dir.is_absolute() {
-                dir
-            } else {
-                env::current_dir().unwrap_or_default().join(dir)
-            }
-        }
-        None => workspace_root().join("target"),
-    }
-}
-
 /// Returns the cargo target folder of Debian's compiler for `arch` and
 /// `linking`. Static builds get their own folder because their RUSTFLAGS
 /// differ, which would otherwise rebuild everything on each switch.
@@ -318,7 +288,7 @@ fn target_dir(arch: Arch, linking: Linking) -> PathBuf {
         Linking::Dynamic => format!("cross-{}", arch.name),
         Linking::Static => format!("cross-{}-static", arch.name),
     };
-    target_base().join(name)
+    crate::target_dir().join(name)
 }
 
 /// Returns a cargo command set up to build for `arch` with Debian's

@@ -127,11 +127,37 @@ fn ensure_test_bed_packages() -> Result<(), String> {
         ));
     }
     eprintln!("xtask: installing {}", missing.join(" "));
-    run(Command::new("apt-get").arg("update"))?;
+    apt_install(&missing, None)
+}
+
+/// Installs Debian `packages` with apt-get, first adding the dpkg
+/// architecture `foreign_arch` when given. Runs only as root.
+fn apt_install(packages: &[impl AsRef<str>], foreign_arch: Option<&str>) -> Result<(), String> {
+    if let Some(arch) = foreign_arch {
+        run(Command::new("dpkg").args(["--add-architecture", arch]))?;
+    }
+    // Another apt-get may hold the dpkg lock, so wait for it instead of
+    // failing.
+    run(Command::new("apt-get").args(["-o", "DPkg::Lock::Timeout=600", "update"]))?;
     run(Command::new("apt-get")
-        .args(["install", "-y", "--no-install-recommends"])
-        .args(&missing)
+        .args([
+            "-o",
+            "DPkg::Lock::Timeout=600",
+            "install",
+            "-y",
+            "--no-install-recommends",
+        ])
+        .args(packages.iter().map(AsRef::as_ref))
         .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// Returns cargo's target folder: `CARGO_TARGET_DIR`, relative to the
+/// workspace (where xtask runs cargo) unless absolute, or `target` there.
+fn target_dir() -> PathBuf {
+    match env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => workspace_root().join(dir),
+        None => workspace_root().join("target"),
+    }
 }
 
 /// Builds the binaries the test bed runs: the tool itself and the stand-ins.

@@ -16,7 +16,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{cargo, is_root, run, workspace_root};
+use crate::{apt_install, cargo, is_root, run, workspace_root};
 
 const CHECK_DIR: &str = "core/nostd-check";
 const STATIC_LIB: &str = "libfleet_provisioning_nostd_check.a";
@@ -260,19 +260,7 @@ fn install_armv7_core_library() -> Result<(), String> {
         "xtask: installing {} for the {ARMV7_TARGET} core library",
         ARMV7_DEBIAN_PACKAGES.join(" ")
     );
-    run(Command::new("dpkg").args(["--add-architecture", "armhf"]))?;
-    // Another apt-get may hold the lock, so wait for it instead of failing.
-    run(Command::new("apt-get").args(["-o", "DPkg::Lock::Timeout=600", "update"]))?;
-    run(Command::new("apt-get")
-        .args([
-            "-o",
-            "DPkg::Lock::Timeout=600",
-            "install",
-            "-y",
-            "--no-install-recommends",
-        ])
-        .args(ARMV7_DEBIAN_PACKAGES)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    apt_install(ARMV7_DEBIAN_PACKAGES, Some("armhf"))
 }
 
 fn command_exists(name: &str) -> bool {
