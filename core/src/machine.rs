@@ -24,7 +24,7 @@ use core::fmt;
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 30_000;
 
 /// Default time to wait for each fleet provisioning reply, in milliseconds.
-/// The C tool waits 30 seconds; IoT Core answers in well under a second.
+/// The C tool waits 30 seconds; IoT Core replies in well under a second.
 pub const DEFAULT_RESPONSE_TIMEOUT_MS: u64 = 30_000;
 
 /// The two calls to AWS IoT, used to name the step that failed.
@@ -55,7 +55,7 @@ impl fmt::Display for Step {
 
 /// Why a provisioning run stopped without success.
 // The rejection is stored inline because the core has no allocator; the
-// machine holds one `Failure`, so the size is paid once.
+// machine stores one `Failure`, so the size is paid once.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {

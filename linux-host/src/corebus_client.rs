@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use crate::signals;
 use std::time::{Duration, Instant};
 
-/// Time allowed for one call's response. The daemons answer local calls in
+/// Time allowed for one call's response. The daemons reply to local calls in
 /// microseconds; this only bounds a daemon that hangs.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -256,7 +256,8 @@ pub struct CoreBus {
 }
 
 impl CoreBus {
-    /// A client for the sockets in `socket_dir` (normally `/run/greengrass`).
+    /// Returns a client for the sockets in `socket_dir` (normally
+    /// `/run/greengrass`).
     pub fn new(socket_dir: impl Into<PathBuf>) -> Self {
         CoreBus {
             socket_dir: socket_dir.into(),

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 /// Interface name of the iotcored this tool starts, as in Greengrass Lite.
 pub const INTERFACE: &str = "iotcoredfleet";
 
-/// Environment variable that tells the iotcored stand-in of the test bed
-/// where to put its socket. Greengrass Lite's iotcored ignores it.
+/// Environment variable with the socket folder of the test bed's iotcored
+/// stand-in. Greengrass Lite's iotcored ignores it.
 pub const SOCKET_DIR_ENV: &str = "GG_CORE_BUS_SOCKET_DIR";
 
 /// Time iotcored gets to exit after SIGTERM before it is killed.
@@ -223,7 +223,7 @@ pub struct IotcoredTransport {
 }
 
 impl IotcoredTransport {
-    /// A transport that talks to the iotcored socket in `bus`'s folder.
+    /// Returns a transport over the iotcored socket in `bus`'s folder.
     pub fn new(bus: CoreBus) -> Self {
         let (events_tx, events_rx) = mpsc::channel();
         IotcoredTransport {
@@ -264,7 +264,7 @@ impl IotcoredTransport {
 
     /// Waits up to `timeout` for the next event.
     pub fn next_event(&self, timeout: Duration) -> Option<TransportEvent> {
-        // Disconnected cannot happen while `self` holds a sender; both
+        // Disconnected cannot happen while `self` owns a sender; both
         // errors mean no event.
         self.events_rx.recv_timeout(timeout).ok()
     }

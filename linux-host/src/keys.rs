@@ -205,7 +205,7 @@ pub fn validate_common_name(common_name: &str) -> Result<(), KeyError> {
     subject_for_common_name(common_name).map(drop)
 }
 
-/// Checks that `pem` holds at least one X.509 certificate Mbed TLS can
+/// Checks that `pem` contains at least one X.509 certificate Mbed TLS can
 /// parse.
 pub fn check_certificate_pem(pem: &[u8]) -> Result<(), KeyError> {
     let mut with_nul = Vec::with_capacity(pem.len() + 1);
@@ -219,7 +219,7 @@ pub fn check_certificate_pem(pem: &[u8]) -> Result<(), KeyError> {
     }
 }
 
-/// Checks that `pem` holds an unencrypted private key of any type Mbed TLS
+/// Checks that `pem` contains an unencrypted private key of any type Mbed TLS
 /// can parse (claim keys are often RSA).
 pub fn check_private_key_pem(pem: &[u8]) -> Result<(), KeyError> {
     let mut with_nul = Zeroizing::new(Vec::with_capacity(pem.len() + 1));

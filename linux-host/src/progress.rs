@@ -7,7 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Name of the checkpoint file in the output folder. It holds the
+/// Name of the checkpoint file in the output folder. It contains the
 /// certificate and ownership token while a run is unfinished, so it is
 /// written with mode 0600 like the key, and removed when the run completes.
 pub const CHECKPOINT_FILE: &str = ".fleet-provisioning.checkpoint";

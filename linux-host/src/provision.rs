@@ -70,7 +70,7 @@ pub enum RunError {
 }
 
 impl RunError {
-    /// A claim connection failure that a later attempt may not repeat.
+    /// Returns a retryable claim connection failure.
     pub fn connection(reason: impl Into<String>) -> Self {
         RunError::ClaimConnection {
             reason: reason.into(),
@@ -389,7 +389,7 @@ fn adopt_key(settings: &Settings, path: &Path) -> Result<Resume, RunError> {
     Ok(Resume::Key(record))
 }
 
-/// One attempt: resume from the checkpoint, connect, and provision. When
+/// Runs one attempt: resume from the checkpoint, connect, and provision. When
 /// RegisterThing rejects an ownership token recorded by an earlier run (it
 /// may have been used by a RegisterThing whose reply was lost), the attempt
 /// starts once more from a fresh CSR.
@@ -411,7 +411,7 @@ enum AttemptError {
     /// Any failure but the next.
     Run(RunError),
     /// RegisterThing rejected a token that this attempt took from the
-    /// checkpoint; the checkpoint no longer holds it.
+    /// checkpoint; the checkpoint no longer contains it.
     RecordedTokenRejected(RunError),
 }
 

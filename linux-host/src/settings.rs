@@ -186,7 +186,7 @@ pub struct Settings {
     pub retry: RetryPolicy,
 }
 
-/// What the configuration asks for.
+/// Outcome of reading the configuration.
 #[derive(Debug)]
 pub enum Plan {
     /// `claimCertPath` is absent or empty and no `--claim-cert` was given.

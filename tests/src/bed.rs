@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// Template name the emulator knows; it names things `ggl-<SerialNumber>`.
+/// Template name the emulator accepts; it names things `ggl-<SerialNumber>`.
 pub const TEMPLATE_NAME: &str = "GGFleetProvisioningTemplate";
 
 /// The environment variable that points the iotcored stand-in at the

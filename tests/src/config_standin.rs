@@ -332,7 +332,7 @@ fn handle_frame(frame: &[u8], shared: &Shared) -> (Option<RequestType>, Result<O
             }
         }
     };
-    // A missing key is an ordinary answer to a read, not worth a line.
+    // A missing key is an ordinary result of a read, not worth a line.
     match &result {
         Err(GgError::Noentry) | Ok(_) => {}
         Err(error) => eprintln!("ggconfigd stand-in: {method} failed with {error:?}"),
